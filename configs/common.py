@@ -1,0 +1,94 @@
+"""Every key every recipe has, with the seed protocol's values where it fixes one.
+
+Recipes in this folder start from `base_config()` and override what differs, so
+a key that exists in one config exists in all of them (and an override of a key
+that does not exist is an error naming it).
+"""
+
+import math
+
+import ml_collections
+
+# (xy_limit, wh_min, wh_max) on the (dx, dy) and (dw, dh) deltas.
+SEED_BOX_CLAMP = (0.5, math.log(0.5), math.log(2.0))
+TORCHVISION_BOX_CLAMP = (math.inf, -math.inf, math.log(1000.0 / 16))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "synthetic"  # synthetic | coco_dir | tfds
+  data.coco_dir = ""  # empty with source=synthetic: generated into the cache
+  data.train_split = "train"
+  data.val_split = "val"
+  data.image_size = 1024
+  data.person_images_only = True
+  data.max_boxes = 128
+  # RGB order, 0-255 range; the ImageNet statistics torchvision's weights expect.
+  data.mean = (123.675, 116.28, 103.53)
+  data.std = (58.395, 57.12, 57.375)
+  data.hflip = False
+  data.num_workers = 4
+  data.tfds_data_dir = ""
+  data.synthetic = ml_collections.ConfigDict()
+  data.synthetic.num_train = 2000
+  data.synthetic.num_val = 200
+  data.synthetic.seed = 0
+  data.synthetic.min_size = 192
+  data.synthetic.max_size = 320
+
+  config.model = model = ml_collections.ConfigDict()
+  model.backbone = "resnet50"
+  model.width = 64
+  model.norm = "frozen_bn"  # frozen_bn | bn | gn
+  model.feature = "C5"
+  model.freeze = ("backbone/conv1", "backbone/bn1", "backbone/layer1")
+  model.head_channels = 256
+  model.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
+  model.anchor_ratios = (0.5, 1.0, 2.0)
+  model.anchor_offset = 0.5
+  model.pretrained = ""  # npz written by `python -m rpn_jax.weights`
+  model.dtype = "float32"
+
+  config.targets = targets = ml_collections.ConfigDict()
+  targets.high_threshold = 0.7
+  targets.low_threshold = 0.3
+  targets.crowd_ioa = 0.7
+  targets.num_samples = 256
+  targets.positive_fraction = 0.5
+  targets.box_weights = (1.0, 1.0, 1.0, 1.0)
+  targets.box_clamp = SEED_BOX_CLAMP
+  targets.smooth_l1_beta = 1.0
+
+  config.proposals = proposals = ml_collections.ConfigDict()
+  proposals.pre_nms_top_k = 12000
+  proposals.nms_threshold = 0.7
+  proposals.post_nms_top_k = 1000
+  proposals.min_size = 1e-3
+
+  config.train = train = ml_collections.ConfigDict()
+  train.epochs = 24
+  train.batch_size = 8
+  train.max_steps = 0  # 0 = no cap
+  train.learning_rate = 0.01
+  train.momentum = 0.9
+  train.weight_decay = 1e-4
+  train.schedule = "constant"  # constant | warmup_step
+  train.warmup_steps = 0
+  train.decay_steps = ()
+  train.decay_factor = 0.1
+  train.checkpoint_every_steps = 1000
+  train.keep_checkpoints = 3
+  train.log_every_steps = 20
+  train.max_nonfinite_steps = 10
+
+  config.eval = ev = ml_collections.ConfigDict()
+  ev.batch_size = 8
+  ev.score_threshold = 0.4
+  ev.nms_threshold = 0.5
+  ev.max_detections = 100
+  ev.draw_score_threshold = 0.7
+  ev.draw_nms_threshold = 0.2
+  return config

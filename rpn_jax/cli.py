@@ -1,0 +1,64 @@
+"""What train.py and evaluate.py share: logging set-up and one-line errors."""
+
+import contextlib
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from absl import logging as absl_logging
+
+# Errors a user causes with a path, a key or a file's content: shown as one
+# line naming it, not as a traceback.
+USER_ERRORS = (FileNotFoundError, ValueError, KeyError)
+
+
+def enable_compilation_cache() -> None:
+  """Keeps compiled XLA programs on disk ($RPN_JAX_CACHE/jax, else
+  ~/.cache/rpn_jax/jax), so a resumed run or a second evaluation skips the
+  minute of compiling on a small CPU."""
+  import jax
+  from rpn_jax.data.cache import cache_root
+  jax.config.update("jax_compilation_cache_dir",
+                    os.path.join(cache_root(), "jax"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def setup() -> None:
+  """Process-wide set-up of the command-line programs."""
+  enable_compilation_cache()
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger().setLevel(logging.WARNING)
+  # TensorFlow (tfds path) must not grab an accelerator JAX needs.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def one_line_errors():
+  """Turns USER_ERRORS into `error: <message>` on stderr and exit status 2.
+
+  Set RPN_JAX_TRACEBACK=1 to see the full traceback instead.
+  """
+  try:
+    yield
+  except USER_ERRORS as e:
+    if os.environ.get("RPN_JAX_TRACEBACK"):
+      raise
+    message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    print(f"error: {message.splitlines()[0] if message else type(e).__name__}",
+          file=sys.stderr)
+    sys.exit(2)
+
+
+def define_config_flag(define: Callable[..., Any], *args, **kwargs) -> Any:
+  """Calls a `config_flags.DEFINE_config_*`, which applies `--config.a.b=v`
+  overrides at once, turning an override of a missing key into one line."""
+  try:
+    return define(*args, **kwargs)
+  except (KeyError, AttributeError) as e:
+    key = str(e).strip("\"'").split("'")[0]
+    flags = [a.split("=")[0] for a in sys.argv[1:]
+             if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+    where = flags[0] if flags else "--config"
+    print(f"error: {where}: the config has no key {key!r}", file=sys.stderr)
+    sys.exit(2)

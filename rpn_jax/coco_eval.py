@@ -1,0 +1,89 @@
+"""COCO evaluation of person detections with pycocotools, and the seed's table.
+
+Detections are COCO results dicts: {"image_id", "category_id", "bbox": [x, y,
+w, h] original-image pixels, "score"}.
+"""
+
+import contextlib
+import io
+import logging
+from typing import Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+# (kind, IoU, area, maxDets) of each row, as COCOeval.summarize prints them.
+_ROWS = (("AP", "0.50:0.95", "all", 100), ("AP", "0.50", "all", 100),
+         ("AP", "0.75", "all", 100), ("AP", "0.50:0.95", "small", 100),
+         ("AP", "0.50:0.95", "medium", 100), ("AP", "0.50:0.95", "large", 100),
+         ("AR", "0.50:0.95", "all", 1), ("AR", "0.50:0.95", "all", 10),
+         ("AR", "0.50:0.95", "all", 100), ("AR", "0.50:0.95", "small", 100),
+         ("AR", "0.50:0.95", "medium", 100), ("AR", "0.50:0.95", "large", 100))
+
+
+def load_ground_truth(annotation_file: str) -> COCO:
+  with contextlib.redirect_stdout(io.StringIO()):
+    return COCO(annotation_file)
+
+
+def person_category_id(coco: COCO, annotation_file: str) -> int:
+  ids = coco.getCatIds(catNms=["person"])
+  if not ids:
+    raise ValueError(f"{annotation_file}: no 'person' category")
+  return ids[0]
+
+
+def evaluate(coco: COCO, results: list[dict], image_ids: Sequence[int],
+             category_id: int, max_dets: Sequence[int] = (1, 10, 100)
+             ) -> dict[str, float]:
+  """COCOeval(iouType='bbox') restricted to `category_id` and `image_ids`.
+
+  Returns the 12 summary numbers under METRIC_KEYS (with other `max_dets`,
+  AR1/AR10/AR100 are the recalls at those three limits). No detections at all
+  gives zeros with a warning instead of pycocotools' error.
+  """
+  if not results:
+    logging.warning("No detections on the %d evaluated images: every metric "
+                    "is 0", len(image_ids))
+    return {k: 0.0 for k in METRIC_KEYS}
+  with contextlib.redirect_stdout(io.StringIO()):
+    dt = coco.loadRes(results)
+    ev = COCOeval(coco, dt, iouType="bbox")
+    ev.params.catIds = [category_id]
+    ev.params.imgIds = sorted(int(i) for i in image_ids)
+    ev.params.maxDets = list(max_dets)
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+  # COCOeval marks "no ground truth in this area range" with -1.
+  return {k: max(float(v), 0.0) for k, v in zip(METRIC_KEYS, ev.stats)}
+
+
+def format_table(metrics: dict[str, float]) -> str:
+  """The 12-line markdown table of the seed report (week7.md)."""
+  lines = ["| 종류 |    IoU    |  area  |maxDets| value |",
+           "|:----:|:---------:|:------:|:-----:|:-----:|"]
+  for key, (kind, iou, area, dets) in zip(METRIC_KEYS, _ROWS):
+    lines.append(f"|  {kind}  | {iou:^9} | {area:^6} | {dets:>5} | "
+                 f"{metrics[key]:.3f} |")
+  return "\n".join(lines)
+
+
+def to_results(image_ids: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+               valid: np.ndarray, category_id: int) -> list[dict]:
+  """COCO results from per-image detections.
+
+  image_ids [N]; boxes [N, D, 4] xyxy original pixels; scores, valid [N, D].
+  """
+  out = []
+  for i, image_id in enumerate(image_ids):
+    b = boxes[i][valid[i]]
+    s = scores[i][valid[i]]
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    for box, score in zip(xywh.tolist(), s.tolist()):
+      out.append({"image_id": int(image_id), "category_id": category_id,
+                  "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
+  return out

@@ -1,0 +1,215 @@
+"""Evaluation: fixed-size proposals on device, then thresholds, a second NMS
+and COCO evaluation on the host side.
+
+Proposals are computed once per image ([K, 4] canvas pixels with scores and a
+validity mask) and cached, so any number of (score, NMS) threshold pairs can
+be evaluated from one forward pass over the split.
+"""
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm import tqdm
+
+from rpn_jax import checkpoint as checkpoint_lib
+from rpn_jax import coco_eval
+from rpn_jax import nms as nms_lib
+from rpn_jax import parallel
+from rpn_jax import proposals as proposals_lib
+from rpn_jax import setup_model
+from rpn_jax import train_lib
+from rpn_jax.data import loader as loader_lib
+from rpn_jax.data import open_dataset
+from rpn_jax.data import transforms
+
+
+@dataclass
+class Proposals:
+  """Post-NMS proposals of every evaluated image (host numpy).
+
+  image_ids [N]; boxes [N, K, 4] xyxy original-image pixels; scores [N, K]
+  objectness probabilities, descending among valid; valid [N, K].
+  """
+  image_ids: np.ndarray
+  boxes: np.ndarray
+  scores: np.ndarray
+  valid: np.ndarray
+
+
+def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
+                    anchors: np.ndarray):
+  """`(variables, batch) -> {boxes [B,K,4], scores [B,K], valid [B,K]}`;
+  boxes in canvas pixels."""
+  anchors = jnp.asarray(anchors)
+  p = config.proposals
+  propose = functools.partial(
+      proposals_lib.propose_batch,
+      pre_nms_top_k=p.pre_nms_top_k, nms_threshold=p.nms_threshold,
+      post_nms_top_k=p.post_nms_top_k, min_size=p.min_size,
+      weights=tuple(config.targets.box_weights),
+      clamp=tuple(config.targets.box_clamp))
+
+  def predict(variables, batch):
+    images = transforms.normalize_images(
+        batch["image"], tuple(config.data.mean), tuple(config.data.std))
+    out = model.apply(variables, images, train=False)
+    boxes, scores, valid = propose(anchors, out["objectness"], out["deltas"],
+                                   batch["image_hw"])
+    valid = valid & batch["image_valid"][:, None]
+    return {"boxes": boxes, "scores": scores, "valid": valid}
+
+  return predict
+
+
+def predict_proposals(config: ml_collections.ConfigDict,
+                      variables: dict[str, Any], dataset: Any) -> Proposals:
+  """Runs the model over `dataset` and returns its proposals in original
+  pixels, with a progress bar (images/s)."""
+  model = setup_model.build_model(config.model)
+  anchors = setup_model.model_anchors(config)
+  mesh = parallel.data_mesh()
+  predict = parallel.jit_sharded_map(
+      make_predict_fn(config, model, anchors), mesh)
+  loader = loader_lib.BatchLoader(
+      dataset, batch_size=config.eval.batch_size,
+      image_size=config.data.image_size, max_boxes=config.data.max_boxes,
+      shuffle=False, seed=config.seed, hflip=False, drop_last=False,
+      num_workers=config.data.num_workers)
+  variables = parallel.replicate(variables, mesh)
+  ids, boxes, scores, valid = [], [], [], []
+  with tqdm(total=len(dataset), unit="img", desc="predict",
+            dynamic_ncols=True, mininterval=1.0) as bar:
+    for batch in loader.epoch(0):
+      out = predict(variables, parallel.shard_batch(batch, mesh))
+      out = jax.device_get(out)
+      keep = batch["image_id"] >= 0
+      scale = batch["scale"][keep][:, None, None]
+      ids.append(batch["image_id"][keep])
+      boxes.append(out["boxes"][keep] / scale)
+      scores.append(out["scores"][keep])
+      valid.append(out["valid"][keep])
+      bar.update(int(keep.sum()))
+  return Proposals(np.concatenate(ids), np.concatenate(boxes),
+                   np.concatenate(scores), np.concatenate(valid))
+
+
+@functools.partial(jax.jit, static_argnames=("max_detections",))
+def _select(boxes, scores, valid, score_threshold, nms_threshold,
+            max_detections):
+  def one(b, s, v):
+    keep = v & (s >= score_threshold)
+    idx, ok = nms_lib.nms_padded(b, s, nms_threshold, max_detections,
+                                 valid=keep)
+    return b[idx], s[idx], ok
+  return jax.vmap(one)(boxes, scores, valid)
+
+
+def select_detections(props: Proposals, score_threshold: float,
+                      nms_threshold: float, max_detections: int = 100
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The seed's output stage: proposals with score >= score_threshold, NMS at
+  nms_threshold, the best `max_detections` per image (COCO counts at most 100).
+
+  Returns boxes [N, D, 4], scores [N, D], valid [N, D] (numpy).
+  """
+  chunks = []
+  for start in range(0, len(props.image_ids), 256):
+    sl = slice(start, start + 256)
+    chunks.append(jax.device_get(_select(
+        props.boxes[sl], props.scores[sl], props.valid[sl],
+        np.float32(score_threshold), np.float32(nms_threshold),
+        max_detections)))
+  if not chunks:
+    empty = np.zeros((0, max_detections))
+    return np.zeros((0, max_detections, 4)), empty, empty.astype(bool)
+  return tuple(np.concatenate(parts) for parts in zip(*chunks))
+
+
+def restore_variables(config: ml_collections.ConfigDict, ckpt_dir: str,
+                      step: int | None = None) -> tuple[dict[str, Any], int]:
+  """Params and statistics of checkpoint `step` (default: newest) of a workdir."""
+  ckpt = checkpoint_lib.Checkpointer(
+      os.path.join(ckpt_dir, checkpoint_lib.CHECKPOINT_DIR))
+  steps = ckpt.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
+  if step is not None and step not in steps:
+    raise ValueError(f"--step {step} not in {ckpt.directory} (has {steps})")
+  model = setup_model.build_model(config.model)
+  variables = setup_model.init_variables(_without_pretrained(config), model,
+                                         jax.random.key(0))
+  tx = train_lib.make_optimizer(config, variables["params"])
+  target = train_lib.create_train_state(config, model, tx, variables)
+  if step is None:
+    state = ckpt.restore_latest(target)
+    if state is None:
+      raise ValueError(f"no readable checkpoint in {ckpt.directory}")
+  else:
+    state = ckpt.restore(step, target)
+  ckpt.close()
+  return ({"params": state.params, "batch_stats": state.batch_stats},
+          int(state.step))
+
+
+def _without_pretrained(config: ml_collections.ConfigDict
+                        ) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.pretrained = ""
+  return config
+
+
+def evaluate_proposals(props: Proposals, coco, image_ids, category_id: int,
+                       score_threshold: float, nms_threshold: float,
+                       max_detections: int) -> tuple[dict[str, float], list[dict]]:
+  """Metrics and COCO results for one (score, NMS) threshold pair."""
+  boxes, scores, valid = select_detections(props, score_threshold,
+                                           nms_threshold, max_detections)
+  results = coco_eval.to_results(props.image_ids, boxes, scores, valid,
+                                 category_id)
+  return coco_eval.evaluate(coco, results, image_ids, category_id), results
+
+
+def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
+                   output_dir: str, step: int | None = None,
+                   num_images_to_draw: int = 0) -> dict[str, Any]:
+  """evaluate.py: restore, predict, select, COCOeval; writes metrics.json,
+  detections.json (and pictures) into `output_dir`; returns the metrics."""
+  variables, restored_step = restore_variables(config, ckpt_dir, step)
+  dataset = open_dataset(config.data, config.data.val_split)
+  os.makedirs(output_dir, exist_ok=True)
+  t0 = time.perf_counter()
+  props = predict_proposals(config, variables, dataset)
+  coco = coco_eval.load_ground_truth(dataset.annotation_file)
+  category_id = coco_eval.person_category_id(coco, dataset.annotation_file)
+  image_ids = [int(i) for i in props.image_ids]
+  metrics, results = evaluate_proposals(
+      props, coco, image_ids, category_id, config.eval.score_threshold,
+      config.eval.nms_threshold, config.eval.max_detections)
+  seconds = time.perf_counter() - t0
+  record = dict(metrics, annotation_file=os.path.abspath(dataset.annotation_file),
+                image_ids=image_ids, step=restored_step,
+                score_threshold=config.eval.score_threshold,
+                nms_threshold=config.eval.nms_threshold)
+  with open(os.path.join(output_dir, "metrics.json"), "w") as f:
+    json.dump(record, f, indent=1)
+  with open(os.path.join(output_dir, "detections.json"), "w") as f:
+    json.dump(results, f)
+  print(f"\nPerson detection on {len(image_ids)} {config.data.val_split} images "
+        f"(step {restored_step}, score >= {config.eval.score_threshold}, "
+        f"NMS {config.eval.nms_threshold}), {len(image_ids) / seconds:.1f} img/s")
+  print(coco_eval.format_table(metrics))
+  if num_images_to_draw:
+    from rpn_jax import visualize
+    visualize.draw_proposals(dataset, props, config, output_dir,
+                             num_images_to_draw)
+  print(f"Wrote {os.path.join(output_dir, 'metrics.json')} and detections.json",
+        flush=True)
+  return record

@@ -1,0 +1,112 @@
+"""Region Proposal Network: ResNet backbone + single-level RPN head.
+
+Outputs are flattened in (row, column, anchor) order, the order of
+`rpn_jax.anchors.generate_anchors(feature_hw, feature_stride(feature), ...)`,
+so `deltas[b, i]` and `objectness[b, i]` belong to anchor `i` of that grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from rpn_jax.models.resnet import ResNet
+
+_FEATURE_STRIDES = {"C2": 4, "C3": 8, "C4": 16, "C5": 32}
+
+
+def feature_stride(feature: str) -> int:
+    """Stride in input pixels of backbone feature map `feature` ("C4" -> 16, "C5" -> 32)."""
+    if feature not in _FEATURE_STRIDES:
+        raise ValueError(f"unknown feature {feature!r}; expected one of {sorted(_FEATURE_STRIDES)}")
+    return _FEATURE_STRIDES[feature]
+
+
+class RPNHead(nn.Module):
+    """3x3 conv + ReLU, then 1x1 convs to A objectness logits and 4A deltas (torchvision's head).
+
+    `__call__(features [B, H, W, C])` returns
+    {"objectness": [B, H*W*A] float32 logits, "deltas": [B, H*W*A, 4] float32 (dx, dy, dw, dh)}.
+    Delta channel a*4 + k of the 1x1 conv is coordinate k of anchor a, as in torchvision.
+    """
+
+    num_anchors: int = 15
+    channels: int = 256
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, features: jnp.ndarray) -> dict[str, jnp.ndarray]:
+        def head_conv(out: int, kernel: int, name: str) -> nn.Conv:
+            pad = kernel // 2
+            return nn.Conv(out, (kernel, kernel), padding=((pad, pad), (pad, pad)),
+                           kernel_init=nn.initializers.normal(stddev=0.01),
+                           bias_init=nn.initializers.zeros, dtype=self.dtype,
+                           param_dtype=jnp.float32, name=name)
+
+        x = nn.relu(head_conv(self.channels, 3, "conv")(features))
+        logits = head_conv(self.num_anchors, 1, "cls_logits")(x)
+        deltas = head_conv(4 * self.num_anchors, 1, "bbox_pred")(x)
+        batch, height, width = logits.shape[:3]
+        num = height * width * self.num_anchors
+        return {
+            "objectness": logits.reshape(batch, num).astype(jnp.float32),
+            "deltas": deltas.reshape(batch, num, 4).astype(jnp.float32),
+        }
+
+
+class RPN(nn.Module):
+    """Backbone ("backbone") + RPN head ("head") on one feature map.
+
+    Attributes:
+      depth, width, norm, frozen_stages: ResNet settings (see `ResNet`).
+      feature: backbone map the head reads, "C5" (stride 32) or "C4" (stride 16);
+        stages above it are not built.
+      num_anchors: anchors per feature-map cell (A).
+      head_channels: channels of the head's 3x3 conv.
+      dtype: computation dtype; params and outputs are float32.
+
+    `__call__(images [B, S, S, 3] float32 normalised, train=False)` returns
+    {"objectness": [B, H*W*A] logits, "deltas": [B, H*W*A, 4]}, H = W = S / stride.
+    """
+
+    depth: int = 50
+    width: int = 64
+    norm: str = "frozen_bn"
+    frozen_stages: int = 0
+    feature: str = "C5"
+    num_anchors: int = 15
+    head_channels: int = 256
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
+        feature_stride(self.feature)  # validates the name
+        num_stages = int(self.feature[1:]) - 1  # "C5" is layer4's output
+        features = ResNet(depth=self.depth, width=self.width, norm=self.norm,
+                          frozen_stages=self.frozen_stages, num_stages=num_stages,
+                          dtype=self.dtype, name="backbone")(images, train)
+        return RPNHead(self.num_anchors, self.head_channels, self.dtype, name="head")(features[self.feature])
+
+
+def init_module(module: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) -> dict[str, Any]:
+    """`module.init(key, *inputs, **kwargs)`, jitted, compiled cheaply on CPU.
+
+    Jitting dead-code eliminates the dummy forward pass. On CPU, XLA's optimisation
+    of the unrolled threefry random-number code dominates (tens of seconds for a
+    ResNet-50 on 2 cores); it runs once, so it is compiled at optimisation level 0.
+    The values are the same as an optimised compile's.
+    """
+    init = jax.jit(lambda k, *args: module.init(k, *args, **kwargs))
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return init.lower(key, *inputs).compile(compiler_options=options)(key, *inputs)
+
+
+def init_rpn(model: RPN, key: jax.Array, image_size: int) -> dict[str, Any]:
+    """Variables {"params": {"backbone", "head"}, "batch_stats": {"backbone"}} for `model`.
+
+    "batch_stats" is present for the BatchNorm norms, absent for "gn".
+    """
+    return init_module(model, key, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)

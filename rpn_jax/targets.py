@@ -1,0 +1,142 @@
+"""RPN training targets: anchor matching, balanced sampling, regression targets.
+
+All functions work on one image with fixed shapes (gt boxes padded to ``G``
+with a validity mask); ``jax.vmap`` them over the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
+
+from rpn_jax.boxes import Clamp, box_ioa, box_iou, encode
+
+
+def match_anchors(
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    high: float = 0.7,
+    low: float = 0.3,
+    allow_low_quality: bool = True,
+) -> Tuple[jax.Array, jax.Array]:
+    """Match each anchor to its best ground-truth box, as torchvision's ``Matcher``.
+
+    Args:
+      anchors: ``[N, 4]`` xyxy pixels.
+      gt_boxes: ``[G, 4]`` xyxy pixels; rows with ``gt_valid`` False are padding.
+      gt_valid: ``[G]`` bool.
+      high, low: IoU >= high is positive, IoU < low negative, between ignored.
+      allow_low_quality: every anchor that ties for the highest IoU of some gt
+        box is positive too (matched to its own best gt box, as torchvision).
+        Unlike torchvision, a gt box whose best IoU is 0 makes no such positives
+        (torchvision would mark every anchor it does not touch as positive).
+
+    Returns:
+      ``matched_idx [N] int32`` (the best valid gt box of each anchor, 0 when
+      there is none) and ``labels [N] int32``: 1 positive, 0 negative, -1 ignore.
+      Padded gt boxes never match; with no valid gt box every anchor is negative.
+    """
+    n = anchors.shape[0]
+    gt_valid = jnp.asarray(gt_valid, bool)
+    if gt_boxes.shape[0] == 0:
+        return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
+    iou = jnp.where(gt_valid[None, :], box_iou(anchors, gt_boxes), -1.0)  # [N, G]
+    best = jnp.max(iou, axis=1)
+    matched_idx = jnp.argmax(iou, axis=1).astype(jnp.int32)
+    labels = jnp.where(best >= high, 1, jnp.where(best < low, 0, -1)).astype(jnp.int32)
+    if allow_low_quality:
+        gt_best = jnp.max(iou, axis=0)  # [G]
+        ties = (iou == gt_best[None, :]) & (gt_best[None, :] > 0) & gt_valid[None, :]
+        labels = jnp.where(jnp.any(ties, axis=1), 1, labels)
+    matched_idx = jnp.where(jnp.any(gt_valid), matched_idx, 0)
+    return matched_idx, labels
+
+
+def _random_subset(priority: jax.Array, candidates: jax.Array, max_count: int,
+                   count: jax.Array) -> jax.Array:
+    """Mask of the ``count`` candidates with the highest ``priority`` (``count <= max_count``)."""
+    k = min(max_count, priority.shape[0])
+    if k == 0:
+        return jnp.zeros(priority.shape, bool)
+    values, index = jax.lax.top_k(jnp.where(candidates, priority, -1.0), k)
+    chosen = (jnp.arange(k) < count) & (values >= 0)
+    return jnp.zeros(priority.shape, bool).at[index].set(chosen)
+
+
+def sample_labels(
+    key: jax.Array,
+    labels: jax.Array,
+    num_samples: int = 256,
+    positive_fraction: float = 0.5,
+) -> Tuple[jax.Array, jax.Array]:
+    """Random balanced subset of labelled anchors, with fixed shapes.
+
+    Takes up to ``int(num_samples * positive_fraction)`` positives (labels 1) and
+    fills the rest of ``num_samples`` with negatives (labels 0), as torchvision's
+    ``BalancedPositiveNegativeSampler``; uniform random priorities drawn from
+    ``key`` decide which.
+
+    Returns:
+      ``pos_mask [N] bool``, ``neg_mask [N] bool``.
+    """
+    num_samples = int(num_samples)
+    max_pos = int(num_samples * positive_fraction)
+    priority = jax.random.uniform(key, labels.shape, jnp.float32)
+    is_pos = labels == 1
+    is_neg = labels == 0
+    num_pos = jnp.minimum(jnp.sum(is_pos, dtype=jnp.int32), max_pos)
+    num_neg = num_samples - num_pos
+    pos_mask = _random_subset(priority, is_pos, max_pos, num_pos)
+    neg_mask = _random_subset(priority, is_neg, num_samples, num_neg)
+    return pos_mask, neg_mask
+
+
+def rpn_targets(
+    key: jax.Array,
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    gt_crowd: jax.Array,
+    *,
+    high: float = 0.7,
+    low: float = 0.3,
+    crowd_ioa: float = 0.7,
+    num_samples: int = 256,
+    positive_fraction: float = 0.5,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: Clamp = None,
+) -> Dict[str, jax.Array]:
+    """Sampled objectness labels and regression targets for one image.
+
+    Args:
+      key: PRNG key for the sampling.
+      anchors: ``[N, 4]`` xyxy pixels.
+      gt_boxes: ``[G, 4]`` xyxy pixels (padded).
+      gt_valid: ``[G]`` bool, real non-crowd boxes; only these make positives.
+      gt_crowd: ``[G]`` bool, crowd regions: an anchor whose intersection with
+        one covers >= ``crowd_ioa`` of the anchor's area is never a negative.
+
+    Returns:
+      ``pos_mask [N] bool``, ``neg_mask [N] bool`` (the sampled anchors) and
+      ``target_deltas [N, 4]``: ``encode(anchor, matched gt box, weights, clamp)``
+      for every positive anchor (sampled or not), zero elsewhere.
+    """
+    gt_valid = jnp.asarray(gt_valid, bool)
+    gt_crowd = jnp.asarray(gt_crowd, bool)
+    matched_idx, labels = match_anchors(anchors, gt_boxes, gt_valid & ~gt_crowd, high, low)
+    if gt_boxes.shape[0] > 0:
+        in_crowd = jnp.any((box_ioa(anchors, gt_boxes) >= crowd_ioa) & gt_crowd[None, :], axis=1)
+        labels = jnp.where((labels == 0) & in_crowd, -1, labels)
+    pos_mask, neg_mask = sample_labels(key, labels, num_samples, positive_fraction)
+    positive = labels == 1
+    if gt_boxes.shape[0] > 0:
+        matched = gt_boxes[matched_idx]
+    else:
+        matched = anchors
+    # Non-positives encode onto themselves (zero deltas), so no log(0) from padding.
+    matched = jnp.where(positive[:, None], matched, anchors)
+    target_deltas = jnp.where(positive[:, None], encode(anchors, matched, weights, clamp), 0.0)
+    return {"pos_mask": pos_mask, "neg_mask": neg_mask, "target_deltas": target_deltas}

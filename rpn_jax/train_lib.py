@@ -1,0 +1,292 @@
+"""Training: the state, the jitted step, and the loop around it.
+
+The step (normalise -> backbone -> head -> anchor targets -> losses -> SGD) is
+one `jax.jit` over a global batch sharded along a `data` mesh axis, so the same
+code runs on one CPU, one GPU, or every local device of a TPU host.
+"""
+
+import functools
+import json
+import logging
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from rpn_jax import checkpoint as checkpoint_lib
+from rpn_jax import losses as losses_lib
+from rpn_jax import optimizer as optimizer_lib
+from rpn_jax import parallel
+from rpn_jax import setup_model
+from rpn_jax import targets as targets_lib
+from rpn_jax.data import loader as loader_lib
+from rpn_jax.data import open_dataset
+from rpn_jax.data import transforms
+
+Batch = dict[str, Any]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a resumed run needs; `step` counts applied and skipped steps."""
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+
+
+class NonFiniteError(RuntimeError):
+  """Raised after `train.max_nonfinite_steps` consecutive non-finite steps."""
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: Any,
+                       tx: optax.GradientTransformation,
+                       variables: dict[str, Any]) -> TrainState:
+  params = variables["params"]
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get("batch_stats", {}),
+      opt_state=tx.init(params),
+  )
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   params: Any) -> optax.GradientTransformation:
+  return optimizer_lib.make_optimizer(config.train, params,
+                                      tuple(config.model.freeze))
+
+
+def batch_targets(config: ml_collections.ConfigDict, anchors: jax.Array,
+                  batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+  """Anchor labels, sampled masks and regression targets for a batch.
+
+  Returns pos_mask / neg_mask [B, N] bool and target_deltas [B, N, 4]; images
+  whose `image_valid` is False (padding, undecodable files) contribute nothing.
+  """
+  t = config.targets
+  per_image = functools.partial(
+      targets_lib.rpn_targets,
+      high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
+      num_samples=t.num_samples, positive_fraction=t.positive_fraction,
+      weights=tuple(t.box_weights), clamp=tuple(t.box_clamp))
+  keys = jax.random.split(key, batch["boxes"].shape[0])
+  out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0))(
+      keys, anchors, batch["boxes"], batch["box_valid"], batch["box_crowd"])
+  image_valid = batch["image_valid"][:, None]
+  out["pos_mask"] = out["pos_mask"] & image_valid
+  out["neg_mask"] = out["neg_mask"] & image_valid
+  return out
+
+
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: Any,
+                    tx: optax.GradientTransformation,
+                    anchors: np.ndarray) -> Callable[[TrainState, Batch], Any]:
+  """The pure train step `(state, batch) -> (state, metrics)` (not yet jitted).
+
+  A step whose loss or gradients are not finite is not applied (params,
+  statistics and optimizer state stay as they were) and reports
+  `metrics["finite"] = 0`.
+  """
+  anchors = jnp.asarray(anchors)
+  mean = tuple(config.data.mean)
+  std = tuple(config.data.std)
+  normalizer = float(config.train.batch_size * config.targets.num_samples)
+  base_key = jax.random.key(config.seed)
+  train_bn = config.model.norm == "bn"
+
+  def loss_fn(params, batch_stats, batch, key):
+    images = transforms.normalize_images(batch["image"], mean, std)
+    variables = {"params": params, "batch_stats": batch_stats}
+    if train_bn:
+      outputs, updates = model.apply(variables, images, train=True,
+                                     mutable=["batch_stats"])
+      new_stats = updates["batch_stats"]
+    else:
+      outputs = model.apply(variables, images, train=True)
+      new_stats = batch_stats
+    tgt = batch_targets(config, anchors, batch, key)
+    losses = losses_lib.rpn_losses(
+        outputs["objectness"], outputs["deltas"], tgt["target_deltas"],
+        tgt["pos_mask"], tgt["neg_mask"], normalizer=normalizer,
+        beta=config.targets.smooth_l1_beta)
+    aux = dict(losses, num_pos=tgt["pos_mask"].sum(),
+               num_neg=tgt["neg_mask"].sum())
+    return losses["total"], (new_stats, aux)
+
+  def train_step(state: TrainState, batch: Batch):
+    key = jax.random.fold_in(base_key, state.step)
+    grads, (new_stats, aux) = jax.grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, key)
+    updates, new_opt = tx.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+    finite = _all_finite(aux["total"]) & _all_finite(grads)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree_util.tree_map(keep, new_params, state.params),
+        batch_stats=jax.tree_util.tree_map(keep, new_stats, state.batch_stats),
+        opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
+    )
+    metrics = dict(aux, finite=finite.astype(jnp.int32),
+                   grad_norm=optax.global_norm(grads))
+    return new_state, metrics
+
+  return train_step
+
+
+class _StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps, so the
+  run can write a checkpoint of the current step before it exits."""
+
+  def __init__(self):
+    self.signal_name = ""
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _log_line(path: str, record: dict[str, Any]) -> None:
+  with open(path, "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainState:
+  """Trains `config` in `workdir`, resuming from its latest checkpoint.
+
+  Writes `config.json`, `checkpoints/` (orbax) and `metrics.jsonl` into
+  `workdir`. Returns the final state.
+  """
+  os.makedirs(workdir, exist_ok=True)
+  checkpoint_lib.check_or_write_config(workdir, config)
+  dataset = open_dataset(config.data, config.data.train_split)
+  loader = loader_lib.BatchLoader(
+      dataset, batch_size=config.train.batch_size,
+      image_size=config.data.image_size, max_boxes=config.data.max_boxes,
+      shuffle=True, seed=config.seed, hflip=config.data.hflip,
+      drop_last=True, num_workers=config.data.num_workers)
+  steps_per_epoch = loader.steps_per_epoch
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f"train.batch_size={config.train.batch_size} is larger than the "
+        f"{len(dataset)} training images")
+  total_steps = steps_per_epoch * config.train.epochs
+  if config.train.max_steps:
+    total_steps = min(total_steps, config.train.max_steps)
+
+  model = setup_model.build_model(config.model)
+  anchors = setup_model.model_anchors(config)
+  variables = setup_model.init_variables(config, model,
+                                         jax.random.key(config.seed))
+  tx = make_optimizer(config, variables["params"])
+  state = create_train_state(config, model, tx, variables)
+
+  mesh = parallel.data_mesh()
+  ckpt = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"),
+      max_to_keep=config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state = restored
+    logging.info("Resumed from step %d in %s", int(state.step), ckpt.directory)
+  state = parallel.replicate(state, mesh)
+  step_fn = parallel.jit_data_parallel(
+      make_train_step(config, model, tx, anchors), mesh)
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  start = int(state.step)
+  print(f"Training {config.model.backbone} RPN on {len(dataset)} images "
+        f"({config.data.source}), {steps_per_epoch} steps/epoch, "
+        f"steps {start}..{total_steps}, {jax.device_count()} device(s): "
+        f"{jax.devices()[0].device_kind}", flush=True)
+  progress = tqdm(total=total_steps, initial=start, unit="step",
+                  dynamic_ncols=True, mininterval=1.0)
+  nonfinite_streak = 0
+  pending = None  # (step, image_ids, metrics) of the step still in flight
+  window_start, window_images = time.perf_counter(), 0
+
+  def settle(pending) -> None:
+    nonlocal nonfinite_streak, window_start, window_images
+    step, image_ids, metrics = pending
+    m = _host_metrics(metrics)
+    if m["finite"]:
+      nonfinite_streak = 0
+    else:
+      nonfinite_streak += 1
+      logging.warning("Step %d: non-finite loss or gradient, step skipped; "
+                      "image ids %s", step, image_ids)
+      if nonfinite_streak >= config.train.max_nonfinite_steps:
+        raise NonFiniteError(
+            f"{nonfinite_streak} consecutive non-finite steps (last {step}); "
+            f"stopping, the last good checkpoint is in {ckpt.directory}")
+    if step % config.train.log_every_steps == 0 or step == total_steps:
+      elapsed = time.perf_counter() - window_start
+      rate = window_images / max(elapsed, 1e-9)
+      window_start, window_images = time.perf_counter(), 0
+      progress.set_postfix(loss=f"{m['total']:.4f}", obj=f"{m['objectness']:.4f}",
+                           box=f"{m['box']:.4f}", img_s=f"{rate:.1f}")
+      _log_line(metrics_path, dict(m, step=step, images_per_sec=rate,
+                                   epoch=(step - 1) // steps_per_epoch))
+
+  with _StopRequest() as stop:
+    epoch = start // steps_per_epoch
+    while int(start) < total_steps and not stop.signal_name:
+      for batch in loader.epoch(epoch, start_step=start % steps_per_epoch):
+        image_ids = batch["image_id"][batch["image_valid"]].tolist()
+        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+        start += 1
+        window_images += int(batch["image_valid"].sum())
+        if pending is not None:
+          settle(pending)
+        pending = (start, image_ids, metrics)
+        progress.update(1)
+        end_of_epoch = start % steps_per_epoch == 0
+        if (start % config.train.checkpoint_every_steps == 0 or end_of_epoch
+            or start == total_steps):
+          ckpt.save(start, state)
+        if start >= total_steps or stop.signal_name:
+          break
+      epoch += 1
+    if pending is not None:
+      settle(pending)
+    if stop.signal_name:
+      ckpt.save(start, state, force=True)
+      logging.warning("%s received: saved step %d, rerun to resume",
+                      stop.signal_name, start)
+  ckpt.close()
+  progress.close()
+  summary = {k: v for k, v in loader.stats.items() if v}
+  if summary:
+    print(f"Data issues during training: {summary}")
+  print(f"Wrote checkpoints to {ckpt.directory}, metrics to {metrics_path}, "
+        f"config to {os.path.join(workdir, 'config.json')}", flush=True)
+  return state
+

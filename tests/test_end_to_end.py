@@ -1,0 +1,76 @@
+"""Train, checkpoint, resume and evaluate the tiny recipe end to end."""
+
+import json
+import os
+
+import jax
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from rpn_jax import checkpoint as checkpoint_lib
+from rpn_jax import coco_eval
+from rpn_jax import eval_lib
+from rpn_jax import train_lib
+from rpn_jax.data import open_dataset
+
+
+def _steps_per_epoch(config):
+  return len(open_dataset(config.data, config.data.train_split)) // (
+      config.train.batch_size)
+
+
+def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
+  untrained = tiny.copy_and_resolve_references()
+  untrained.train.max_steps = 1
+  train_lib.train_and_evaluate(untrained, str(tmp_path / "untrained"))
+  before = eval_lib.run_evaluation(untrained, str(tmp_path / "untrained"),
+                                   str(tmp_path / "untrained_eval"))
+
+  tiny.train.epochs = 25
+  workdir = str(tmp_path / "trained")
+  train_lib.train_and_evaluate(tiny, workdir)
+  out = str(tmp_path / "eval")
+  after = eval_lib.run_evaluation(tiny, workdir, out)
+
+  assert after["step"] == 25 * _steps_per_epoch(tiny)
+  assert after["AP50"] > before["AP50"] + 0.1
+  assert after["AP"] > before["AP"]
+  with open(os.path.join(out, "metrics.json")) as f:
+    metrics = json.load(f)
+  assert set(coco_eval.METRIC_KEYS) <= set(metrics)
+  assert os.path.isfile(metrics["annotation_file"])
+  assert len(metrics["image_ids"]) == 16
+
+  # An independent pycocotools evaluation of detections.json gives the same AP.
+  gt = COCO(metrics["annotation_file"])
+  dt = gt.loadRes(os.path.join(out, "detections.json"))
+  ev = COCOeval(gt, dt, iouType="bbox")
+  ev.params.catIds = gt.getCatIds(catNms=["person"])
+  ev.params.imgIds = metrics["image_ids"]
+  ev.evaluate()
+  ev.accumulate()
+  ev.summarize()
+  assert abs(ev.stats[0] - metrics["AP"]) < 1e-12
+  assert abs(ev.stats[1] - metrics["AP50"]) < 1e-12
+  assert abs(ev.stats[8] - metrics["AR100"]) < 1e-12
+
+
+def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
+  straight = str(tmp_path / "straight")
+  train_lib.train_and_evaluate(tiny, straight)
+
+  resumed = str(tmp_path / "resumed")
+  first = tiny.copy_and_resolve_references()
+  epoch = _steps_per_epoch(tiny)
+  first.train.max_steps = epoch
+  train_lib.train_and_evaluate(first, resumed)
+  assert checkpoint_lib.Checkpointer(
+      os.path.join(resumed, "checkpoints")).all_steps() == [epoch]
+  train_lib.train_and_evaluate(tiny, resumed)
+
+  a, step_a = eval_lib.restore_variables(tiny, straight)
+  b, step_b = eval_lib.restore_variables(tiny, resumed)
+  assert step_a == step_b == 2 * epoch
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

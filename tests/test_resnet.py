@@ -1,0 +1,143 @@
+"""ResNet backbone: parity with torchvision, parameter counts, norms, frozen stages."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from rpn_jax.models.resnet import ResNet, group_count
+from rpn_jax.models.rpn import init_module
+from rpn_jax.weights import convert_torchvision_resnet
+
+torch.set_num_threads(2)
+
+
+def random_torchvision_resnet(arch: str, seed: int = 0) -> torch.nn.Module:
+    """torchvision ResNet in eval mode with randomised BN affine and running stats.
+
+    Fresh BN layers are the identity in eval mode, which would hide a wrong mapping
+    of running_mean / running_var / weight / bias. Gammas below 1 keep activations
+    O(1), as in a trained network (at gamma ~ 1 a random ResNet-50's C5 reaches ~3000,
+    where float32 rounding alone exceeds the absolute tolerance).
+    """
+    torch.manual_seed(seed)
+    model = torchvision.models.get_model(arch, weights=None).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.2, 0.6)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def torchvision_features(model: torch.nn.Module, image_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    x = torch.from_numpy(image_nhwc).permute(0, 3, 1, 2)
+    out = {}
+    with torch.no_grad():
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        for stage in range(1, 5):
+            x = getattr(model, f"layer{stage}")(x)
+            out[f"C{stage + 1}"] = x.permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def assert_close(name: str, got: np.ndarray, ref: np.ndarray) -> None:
+    assert got.shape == ref.shape, name
+    max_abs = float(np.max(np.abs(got - ref)))
+    rel = max_abs / float(np.max(np.abs(ref)))
+    assert max_abs <= 1e-3 and rel <= 1e-4, f"{name}: max abs {max_abs:.2e}, rel {rel:.2e}"
+
+
+@pytest.mark.parametrize("arch,depth,norms", [("resnet18", 18, ("frozen_bn", "bn")),
+                                              ("resnet50", 50, ("frozen_bn", "bn"))])
+def test_matches_torchvision(arch, depth, norms):
+    model = random_torchvision_resnet(arch)
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    image = np.random.default_rng(0).normal(size=(1, 128, 128, 3)).astype(np.float32)
+    ref = torchvision_features(model, image)
+    for norm in norms:
+        variables = convert_torchvision_resnet(state, arch, norm=norm)
+        got = jax.jit(ResNet(depth=depth, norm=norm).apply)(variables, image)
+        for level in ("C2", "C3", "C4", "C5"):
+            assert_close(f"{arch} {norm} {level}", np.asarray(got[level]), ref[level])
+
+
+@pytest.mark.parametrize("arch,depth", [("resnet18", 18), ("resnet50", 50)])
+def test_parameter_count_matches_torchvision(arch, depth):
+    model = torchvision.models.get_model(arch, weights=None)
+    expected = sum(p.numel() for name, p in model.named_parameters() if not name.startswith("fc."))
+    shapes = jax.eval_shape(lambda: ResNet(depth=depth, norm="bn").init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == expected
+
+
+def test_frozen_bn_has_no_trainable_norm_params():
+    shapes = jax.eval_shape(lambda: ResNet(depth=18, width=16).init(
+        jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    assert "bn1" not in shapes["params"]
+    assert set(shapes["batch_stats"]["bn1"]) == {"scale", "bias", "mean", "var"}
+    assert all(len(x.shape) == 4 for x in jax.tree.leaves(shapes["params"]))
+
+
+@pytest.mark.parametrize("depth,width,channels", [(18, 16, (16, 32, 64, 128)),
+                                                  (50, 16, (64, 128, 256, 512))])
+def test_feature_shapes_and_width(depth, width, channels):
+    model = ResNet(depth=depth, width=width, norm="gn")
+    shapes = jax.eval_shape(lambda: model.init_with_output(
+        jax.random.key(0), jnp.zeros((2, 96, 128, 3)))[0])
+    for level, stride, c in zip(("C2", "C3", "C4", "C5"), (4, 8, 16, 32), channels):
+        assert shapes[level].shape == (2, 96 // stride, 128 // stride, c)
+
+
+def test_group_count():
+    assert group_count(256) == 32
+    assert group_count(16) == 16
+    assert group_count(24) == 24
+    assert group_count(48) == 24
+
+
+def test_bfloat16_compute_keeps_float32_params():
+    model = ResNet(depth=18, width=8, norm="bn", dtype=jnp.bfloat16)
+    out, variables = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.ones((1, 32, 32, 3))))
+    assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    assert out["C5"].dtype == jnp.bfloat16
+
+
+def test_bn_train_updates_running_stats_with_torch_momentum():
+    model = ResNet(depth=18, width=8, norm="bn", num_stages=1)
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3)) * 3.0 + 2.0
+    variables = init_module(model, jax.random.key(0), images)
+    _, state = jax.jit(lambda v, x: model.apply(
+        v, x, train=True, mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda module, _: module.name == "conv1"))(variables, images)
+    stem = np.asarray(state["intermediates"]["conv1"]["__call__"][0])
+    # torchvision's momentum 0.1: running = 0.9 * running + 0.1 * batch (mean starts at 0, var at 1).
+    bn1 = state["batch_stats"]["bn1"]
+    np.testing.assert_allclose(bn1["mean"], 0.1 * stem.mean((0, 1, 2)), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(bn1["var"], 0.9 + 0.1 * stem.var((0, 1, 2)), rtol=1e-4)
+
+
+def test_frozen_stages_give_exactly_zero_gradients():
+    model = ResNet(depth=18, width=8, norm="bn", frozen_stages=2)
+    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
+    variables = init_module(model, jax.random.key(0), images)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, images, train=True, mutable=["batch_stats"])
+        return sum(jnp.sum(out[level] ** 2) for level in out)
+
+    grads = jax.jit(jax.grad(loss))(variables["params"])
+    for name in ("conv1", "bn1", "layer1"):
+        assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads[name])), name
+    for name in ("layer2", "layer3", "layer4"):
+        assert all(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(grads[name])), name
+
+
+@pytest.mark.parametrize("kwargs", [dict(depth=42), dict(norm="ln"), dict(frozen_stages=6)])
+def test_bad_settings_raise(kwargs):
+    with pytest.raises(ValueError):
+        jax.eval_shape(lambda: ResNet(**kwargs).init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
