@@ -43,6 +43,19 @@ def _saved_config():
     return checkpoint_lib.load_config(ckpt)
 
 
+_SWEEP_SCORE = flags.DEFINE_list(
+    "sweep_score", [], "Score thresholds to sweep, e.g. 0.4,0.5,0.6,0.7,0.8.")
+_SWEEP_NMS = flags.DEFINE_list(
+    "sweep_nms", [], "NMS thresholds to sweep, e.g. 0.4,0.5,0.6.")
+
+
+def _floats(values: list[str], flag: str) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{flag}: expected numbers, got {','.join(values)}")
+
+
 _CONFIG = cli.define_config_flag(
     config_flags.DEFINE_config_dict, "config", _saved_config(), "Overrides of the checkpoint's config.",
     lock_config=True)
@@ -57,9 +70,11 @@ def main(argv):
   output_dir = _OUTPUT_DIR.value or os.path.join(_CKPT.value, "eval")
   with cli.one_line_errors():
     from rpn_jax import eval_lib
-    eval_lib.run_evaluation(_CONFIG.value, _CKPT.value, output_dir,
-                            step=_STEP.value,
-                            num_images_to_draw=_NUM_DRAW.value)
+    eval_lib.run_evaluation(
+        _CONFIG.value, _CKPT.value, output_dir, step=_STEP.value,
+        num_images_to_draw=_NUM_DRAW.value,
+        sweep_scores=_floats(_SWEEP_SCORE.value, "sweep_score"),
+        sweep_nms=_floats(_SWEEP_NMS.value, "sweep_nms"))
 
 
 if __name__ == "__main__":

@@ -36,16 +36,18 @@ def person_category_id(coco: COCO, annotation_file: str) -> int:
   return ids[0]
 
 
-def evaluate(coco: COCO, results: list[dict], image_ids: Sequence[int],
+def evaluate(coco: COCO, results: list[dict] | np.ndarray,
+             image_ids: Sequence[int],
              category_id: int, max_dets: Sequence[int] = (1, 10, 100)
              ) -> dict[str, float]:
   """COCOeval(iouType='bbox') restricted to `category_id` and `image_ids`.
 
+  `results` are COCO results dicts or the [M, 7] array of `to_array`.
   Returns the 12 summary numbers under METRIC_KEYS (with other `max_dets`,
   AR1/AR10/AR100 are the recalls at those three limits). No detections at all
   gives zeros with a warning instead of pycocotools' error.
   """
-  if not results:
+  if len(results) == 0:
     logging.warning("No detections on the %d evaluated images: every metric "
                     "is 0", len(image_ids))
     return {k: 0.0 for k in METRIC_KEYS}
@@ -87,3 +89,15 @@ def to_results(image_ids: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
       out.append({"image_id": int(image_id), "category_id": category_id,
                   "bbox": [round(v, 2) for v in box], "score": round(score, 5)})
   return out
+
+
+def to_array(image_ids: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
+             valid: np.ndarray, category_id: int) -> np.ndarray:
+  """The same detections as `to_results`, as pycocotools' [M, 7] array
+  (image_id, x, y, w, h, score, category_id): fast for many detections."""
+  rows = np.repeat(np.arange(len(image_ids)), valid.sum(axis=1))
+  b = boxes[valid].astype(np.float64)
+  return np.concatenate([
+      np.asarray(image_ids, np.float64)[rows][:, None], b[:, :2],
+      b[:, 2:] - b[:, :2], scores[valid].astype(np.float64)[:, None],
+      np.full((len(b), 1), category_id, np.float64)], axis=1)

@@ -146,7 +146,7 @@ def restore_variables(config: ml_collections.ConfigDict, ckpt_dir: str,
   model = setup_model.build_model(config.model)
   variables = setup_model.init_variables(_without_pretrained(config), model,
                                          jax.random.key(0))
-  tx = train_lib.make_optimizer(config, variables["params"])
+  tx = train_lib.make_optimizer(config, variables)
   target = train_lib.create_train_state(config, model, tx, variables)
   if step is None:
     state = ckpt.restore_latest(target)
@@ -177,11 +177,60 @@ def evaluate_proposals(props: Proposals, coco, image_ids, category_id: int,
   return coco_eval.evaluate(coco, results, image_ids, category_id), results
 
 
+def proposal_recall(props: Proposals, coco, image_ids, category_id: int,
+                    limits: tuple[int, ...] = (100, 300, 1000)
+                    ) -> dict[str, float]:
+  """AR@n of the raw post-NMS proposals (no score threshold, no second NMS),
+  the recall RPN papers report: COCOeval recall (IoU 0.50:0.95) with maxDets
+  set to `limits`. Returns {"AR@100": ..., ...} for the limits the proposals
+  reach (n <= post_nms_top_k)."""
+  limits = tuple(n for n in limits if n <= props.boxes.shape[1])
+  if not limits:
+    return {}
+  results = coco_eval.to_array(props.image_ids, props.boxes, props.scores,
+                               props.valid, category_id)
+  while len(limits) < 3:  # COCOeval.summarize reads three limits
+    limits = (limits[0],) + limits
+  stats = coco_eval.evaluate(coco, results, image_ids, category_id,
+                             max_dets=limits)
+  return {f"AR@{n}": stats[k] for n, k in zip(limits, ("AR1", "AR10", "AR100"))}
+
+
+def threshold_sweep(props: Proposals, coco, image_ids, category_id: int,
+                    score_thresholds: list[float], nms_thresholds: list[float],
+                    max_detections: int) -> list[dict[str, float]]:
+  """Every (nms, score) pair evaluated on the same cached proposals: one row
+  per pair with all 12 metrics, as the seed's sweep table (PROTOCOL.md)."""
+  rows = []
+  for nms in nms_thresholds:
+    for score in score_thresholds:
+      metrics, _ = evaluate_proposals(props, coco, image_ids, category_id,
+                                      score, nms, max_detections)
+      rows.append(dict(metrics, nms_threshold=nms, score_threshold=score))
+  return rows
+
+
+def format_sweep(rows: list[dict[str, float]]) -> str:
+  """Markdown table of a sweep, the best AP marked with *."""
+  best = max(range(len(rows)), key=lambda i: rows[i]["AP"])
+  lines = ["| NMS | score thr | AP    | AP50  | AP75  | AR100 |",
+           "|-----|-----------|-------|-------|-------|-------|"]
+  for i, r in enumerate(rows):
+    mark = " *" if i == best else ""
+    lines.append(f"| {r['nms_threshold']:.2f} | {r['score_threshold']:.2f} | "
+                 f"{r['AP']:.3f} | {r['AP50']:.3f} | {r['AP75']:.3f} | "
+                 f"{r['AR100']:.3f} |{mark}")
+  return "\n".join(lines)
+
+
 def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
                    output_dir: str, step: int | None = None,
-                   num_images_to_draw: int = 0) -> dict[str, Any]:
+                   num_images_to_draw: int = 0,
+                   sweep_scores: list[float] | None = None,
+                   sweep_nms: list[float] | None = None) -> dict[str, Any]:
   """evaluate.py: restore, predict, select, COCOeval; writes metrics.json,
-  detections.json (and pictures) into `output_dir`; returns the metrics."""
+  detections.json (sweep.json, pictures) into `output_dir`; returns the
+  metrics of the configured thresholds."""
   variables, restored_step = restore_variables(config, ckpt_dir, step)
   dataset = open_dataset(config.data, config.data.val_split)
   os.makedirs(output_dir, exist_ok=True)
@@ -193,8 +242,10 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   metrics, results = evaluate_proposals(
       props, coco, image_ids, category_id, config.eval.score_threshold,
       config.eval.nms_threshold, config.eval.max_detections)
+  recall = proposal_recall(props, coco, image_ids, category_id)
   seconds = time.perf_counter() - t0
-  record = dict(metrics, annotation_file=os.path.abspath(dataset.annotation_file),
+  record = dict(metrics, **recall,
+                annotation_file=os.path.abspath(dataset.annotation_file),
                 image_ids=image_ids, step=restored_step,
                 score_threshold=config.eval.score_threshold,
                 nms_threshold=config.eval.nms_threshold)
@@ -206,10 +257,21 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
         f"(step {restored_step}, score >= {config.eval.score_threshold}, "
         f"NMS {config.eval.nms_threshold}), {len(image_ids) / seconds:.1f} img/s")
   print(coco_eval.format_table(metrics))
+  if recall:
+    print("Proposal recall (raw post-NMS proposals): " + ", ".join(
+        f"{k} {v:.3f}" for k, v in recall.items()))
+  if sweep_scores or sweep_nms:
+    rows = threshold_sweep(
+        props, coco, image_ids, category_id,
+        sweep_scores or [config.eval.score_threshold],
+        sweep_nms or [config.eval.nms_threshold], config.eval.max_detections)
+    with open(os.path.join(output_dir, "sweep.json"), "w") as f:
+      json.dump(rows, f, indent=1)
+    print("\nThreshold sweep (one forward pass; * = best AP):")
+    print(format_sweep(rows))
   if num_images_to_draw:
     from rpn_jax import visualize
     visualize.draw_proposals(dataset, props, config, output_dir,
                              num_images_to_draw)
-  print(f"Wrote {os.path.join(output_dir, 'metrics.json')} and detections.json",
-        flush=True)
+  print(f"Wrote metrics.json and detections.json to {output_dir}", flush=True)
   return record

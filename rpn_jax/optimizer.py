@@ -70,16 +70,23 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
     return schedule
 
 
-def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any, freeze_patterns: Sequence[str],
-                   *, batch_stats: Any = None) -> optax.GradientTransformation:
+def make_optimizer(
+    train_cfg: ml_collections.ConfigDict,
+    params: Any,
+    freeze_patterns: Sequence[str],
+    *,
+    batch_stats: Any = None,
+) -> optax.GradientTransformation:
     """SGD + momentum + L2 weight decay (torch.optim.SGD semantics) on the unfrozen params.
 
     Uses train_cfg.learning_rate / momentum / weight_decay / schedule (see
     `make_schedule`). Leaves matched by `freeze_patterns` (see `freeze_mask`, which
     also explains `batch_stats`) get zero updates and no optimizer state.
     """
-    labels = jax.tree.map(lambda frozen: "frozen" if frozen else "trainable",
-                          freeze_mask(params, freeze_patterns, batch_stats=batch_stats))
+    labels = jax.tree.map(
+        lambda frozen: "frozen" if frozen else "trainable",
+        freeze_mask(params, freeze_patterns, batch_stats=batch_stats),
+    )
     sgd = optax.chain(
         optax.add_decayed_weights(train_cfg.weight_decay),
         optax.sgd(make_schedule(train_cfg), momentum=train_cfg.momentum),

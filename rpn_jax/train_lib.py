@@ -59,9 +59,10 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
 
 
 def make_optimizer(config: ml_collections.ConfigDict,
-                   params: Any) -> optax.GradientTransformation:
-  return optimizer_lib.make_optimizer(config.train, params,
-                                      tuple(config.model.freeze))
+                   variables: dict[str, Any]) -> optax.GradientTransformation:
+  return optimizer_lib.make_optimizer(
+      config.train, variables["params"], tuple(config.model.freeze),
+      batch_stats=variables.get("batch_stats"))
 
 
 def batch_targets(config: ml_collections.ConfigDict, anchors: jax.Array,
@@ -141,7 +142,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
         opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
     )
     metrics = dict(aux, finite=finite.astype(jnp.int32),
-                   grad_norm=optax.global_norm(grads))
+                   grad_norm=optax.tree.norm(grads))
     return new_state, metrics
 
   return train_step
@@ -206,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   anchors = setup_model.model_anchors(config)
   variables = setup_model.init_variables(config, model,
                                          jax.random.key(config.seed))
-  tx = make_optimizer(config, variables["params"])
+  tx = make_optimizer(config, variables)
   state = create_train_state(config, model, tx, variables)
 
   mesh = parallel.data_mesh()

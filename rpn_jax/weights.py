@@ -27,8 +27,13 @@ from rpn_jax.models.resnet import ResNet
 
 ARCH_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 # Flax leaf name -> torchvision tensor name.
-_TORCH_LEAF = {"kernel": "weight", "scale": "weight", "bias": "bias",
-               "mean": "running_mean", "var": "running_var"}
+_TORCH_LEAF = {
+    "kernel": "weight",
+    "scale": "weight",
+    "bias": "bias",
+    "mean": "running_mean",
+    "var": "running_var",
+}
 
 
 def _ignored(name: str) -> bool:
@@ -55,8 +60,9 @@ def _listed(kind: str, names: Sequence[str], limit: int = 5) -> list[str]:
     return shown
 
 
-def convert_torchvision_resnet(state_dict: Mapping[str, Any], arch: str,
-                               norm: str = "frozen_bn") -> dict[str, Any]:
+def convert_torchvision_resnet(
+    state_dict: Mapping[str, Any], arch: str, norm: str = "frozen_bn"
+) -> dict[str, Any]:
     """Converts a torchvision ResNet state_dict (name -> array) to Flax variables.
 
     Returns {"params": ..., "batch_stats": ...} (float32 numpy arrays) that
@@ -82,7 +88,9 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any], arch: str,
         value = np.asarray(state_dict[name], dtype=np.float32)
         want = _torch_shape(path, leaf.shape)
         if value.shape != want:
-            raise ValueError(f"state_dict key {name!r} has shape {value.shape}, {arch} expects {want}")
+            raise ValueError(
+                f"state_dict key {name!r} has shape {value.shape}, {arch} expects {want}"
+            )
         converted[key] = value.transpose(2, 3, 1, 0) if path[-1] == "kernel" else value
     used = {_torch_name(key[1:]) for key in converted}
     unexpected = sorted(name for name in state_dict if name not in used and not _ignored(name))
@@ -92,7 +100,9 @@ def convert_torchvision_resnet(state_dict: Mapping[str, Any], arch: str,
     return traverse_util.unflatten_dict(converted)
 
 
-def graft_backbone(rpn_variables: Mapping[str, Any], backbone_variables: Mapping[str, Any]) -> dict[str, Any]:
+def graft_backbone(
+    rpn_variables: Mapping[str, Any], backbone_variables: Mapping[str, Any]
+) -> dict[str, Any]:
     """Returns `rpn_variables` with its "backbone" subtrees replaced by `backbone_variables`.
 
     `backbone_variables` are ResNet variables ({"params", "batch_stats"}, e.g. from
@@ -101,11 +111,16 @@ def graft_backbone(rpn_variables: Mapping[str, Any], backbone_variables: Mapping
     Modules the RPN does not build (layer4 of a C4 model) are skipped; any other
     extra key is an error, since it signals a norm or depth mismatch.
     """
-    targets = {col: traverse_util.flatten_dict(tree["backbone"])
-               for col, tree in rpn_variables.items() if "backbone" in tree}
+    targets = {
+        col: traverse_util.flatten_dict(tree["backbone"])
+        for col, tree in rpn_variables.items()
+        if "backbone" in tree
+    }
     if set(targets) != set(backbone_variables):
-        raise ValueError(f"backbone variables have collections {sorted(backbone_variables)}, "
-                         f"the RPN backbone has {sorted(targets)}")
+        raise ValueError(
+            f"backbone variables have collections {sorted(backbone_variables)}, "
+            f"the RPN backbone has {sorted(targets)}"
+        )
     sources = {col: traverse_util.flatten_dict(tree) for col, tree in backbone_variables.items()}
     for col, target in targets.items():
         for path, leaf in target.items():
@@ -113,8 +128,10 @@ def graft_backbone(rpn_variables: Mapping[str, Any], backbone_variables: Mapping
             if path not in sources[col]:
                 raise ValueError(f"backbone variables are missing {name}")
             if tuple(sources[col][path].shape) != tuple(leaf.shape):
-                raise ValueError(f"{name} has shape {tuple(sources[col][path].shape)} in the backbone "
-                                 f"variables, the RPN expects {tuple(leaf.shape)}")
+                raise ValueError(
+                    f"{name} has shape {tuple(sources[col][path].shape)} in the backbone "
+                    f"variables, the RPN expects {tuple(leaf.shape)}"
+                )
     target_modules = {path[0] for target in targets.values() for path in target}
     for col, source in sources.items():
         for path in source:
@@ -122,7 +139,9 @@ def graft_backbone(rpn_variables: Mapping[str, Any], backbone_variables: Mapping
                 raise ValueError(f"backbone variables have unexpected key {'/'.join((col, *path))}")
     result = dict(rpn_variables)
     for col, target in targets.items():
-        grafted = {path: jnp.asarray(sources[col][path], dtype=leaf.dtype) for path, leaf in target.items()}
+        grafted = {
+            path: jnp.asarray(sources[col][path], dtype=leaf.dtype) for path, leaf in target.items()
+        }
         result[col] = {**rpn_variables[col], "backbone": traverse_util.unflatten_dict(grafted)}
     return result
 
@@ -157,14 +176,20 @@ def _torch_state_dict(arch: str, pth: str | None) -> dict[str, np.ndarray]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rpn_jax.weights",
-                                     description="Convert torchvision ResNet weights to an .npz of Flax variables.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rpn_jax.weights",
+        description="Convert torchvision ResNet weights to an .npz of Flax variables.",
+    )
     parser.add_argument("--arch", required=True, choices=sorted(ARCH_DEPTHS))
     parser.add_argument("--out", required=True, help="output .npz path")
-    parser.add_argument("--from-pth", default=None, help="torchvision state_dict file; default: download")
+    parser.add_argument(
+        "--from-pth", default=None, help="torchvision state_dict file; default: download"
+    )
     parser.add_argument("--norm", default="frozen_bn", choices=["frozen_bn", "bn"])
     args = parser.parse_args(argv)
-    variables = convert_torchvision_resnet(_torch_state_dict(args.arch, args.from_pth), args.arch, args.norm)
+    variables = convert_torchvision_resnet(
+        _torch_state_dict(args.arch, args.from_pth), args.arch, args.norm
+    )
     save_variables(args.out, variables)
     print(f"wrote {args.arch} ({args.norm}) variables to {args.out}")
 

@@ -55,6 +55,20 @@ def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
   assert abs(ev.stats[1] - metrics["AP50"]) < 1e-12
   assert abs(ev.stats[8] - metrics["AR100"]) < 1e-12
 
+  # One forward pass, a sweep of thresholds: each row equals its own evaluation.
+  other = tiny.copy_and_resolve_references()
+  other.eval.score_threshold, other.eval.nms_threshold = 0.3, 0.6
+  separate = eval_lib.run_evaluation(other, workdir, str(tmp_path / "other"),
+                                     sweep_scores=[tiny.eval.score_threshold, 0.3],
+                                     sweep_nms=[0.5, 0.6])
+  with open(tmp_path / "other" / "sweep.json") as f:
+    rows = {(r["score_threshold"], r["nms_threshold"]): r for r in json.load(f)}
+  assert len(rows) == 4
+  for key in coco_eval.METRIC_KEYS:
+    assert rows[(0.3, 0.6)][key] == separate[key]
+    assert rows[(tiny.eval.score_threshold, 0.5)][key] == metrics[key]
+  assert 0.0 <= metrics["AR@100"] <= 1.0
+
 
 def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
   straight = str(tmp_path / "straight")

@@ -12,8 +12,15 @@ from rpn_jax.optimizer import freeze_mask, make_optimizer, make_schedule
 
 
 def cfg(**overrides) -> ml_collections.ConfigDict:
-    base = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-4, schedule="constant",
-                warmup_steps=0, decay_steps=[], decay_factor=0.1)
+    base = dict(
+        learning_rate=0.1,
+        momentum=0.9,
+        weight_decay=1e-4,
+        schedule="constant",
+        warmup_steps=0,
+        decay_steps=[],
+        decay_factor=0.1,
+    )
     return ml_collections.ConfigDict({**base, **overrides})
 
 
@@ -23,10 +30,14 @@ def toy_params():
     def leaf(*shape):
         return jnp.asarray(rng.normal(size=shape), jnp.float32)
 
-    return {"backbone": {"conv1": {"kernel": leaf(3, 3, 3, 4)},
-                         "layer1": {"0": {"conv1": {"kernel": leaf(1, 1, 4, 4)}}},
-                         "layer10": {"kernel": leaf(2, 2)}},
-            "head": {"conv": {"kernel": leaf(3, 3, 4, 2), "bias": leaf(2)}}}
+    return {
+        "backbone": {
+            "conv1": {"kernel": leaf(3, 3, 3, 4)},
+            "layer1": {"0": {"conv1": {"kernel": leaf(1, 1, 4, 4)}}},
+            "layer10": {"kernel": leaf(2, 2)},
+        },
+        "head": {"conv": {"kernel": leaf(3, 3, 4, 2), "bias": leaf(2)}},
+    }
 
 
 def test_freeze_mask_matches_whole_components():
@@ -55,7 +66,10 @@ def test_freeze_mask_accepts_statistics_only_layers():
 
 @pytest.mark.parametrize("weight_decay", [1e-4, 0.5])
 def test_matches_torch_sgd(weight_decay):
-    """Three steps with different gradients; a large decay makes its position (before momentum) matter."""
+    """Three steps with different gradients.
+
+    The large decay makes its position (added to the gradient before momentum) matter.
+    """
     rng = np.random.default_rng(1)
     w0 = rng.normal(size=(4, 3)).astype(np.float32)
     grads = rng.normal(size=(3, 4, 3)).astype(np.float32)
@@ -72,7 +86,9 @@ def test_matches_torch_sgd(weight_decay):
     for g in grads:
         updates, state = tx.update({"w": jnp.asarray(g)}, state, params)
         params = optax.apply_updates(params, updates)
-    np.testing.assert_allclose(np.asarray(params["w"]), weight.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(params["w"]), weight.detach().numpy(), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_frozen_leaves_get_no_update_and_no_state():
@@ -97,10 +113,25 @@ def test_constant_schedule():
 
 
 def test_warmup_step_schedule():
-    schedule = make_schedule(cfg(learning_rate=0.02, schedule="warmup_step", warmup_steps=100,
-                                 decay_steps=[1000, 2000], decay_factor=0.1))
-    expected = {0: 0.02 * 0.001, 50: 0.02 * (0.001 + 0.999 * 0.5), 100: 0.02, 999: 0.02,
-                1000: 0.002, 1999: 0.002, 2000: 0.0002, 5000: 0.0002}
+    schedule = make_schedule(
+        cfg(
+            learning_rate=0.02,
+            schedule="warmup_step",
+            warmup_steps=100,
+            decay_steps=[1000, 2000],
+            decay_factor=0.1,
+        )
+    )
+    expected = {
+        0: 0.02 * 0.001,
+        50: 0.02 * (0.001 + 0.999 * 0.5),
+        100: 0.02,
+        999: 0.02,
+        1000: 0.002,
+        1999: 0.002,
+        2000: 0.0002,
+        5000: 0.0002,
+    }
     for step, lr in expected.items():
         assert float(schedule(jnp.asarray(step))) == pytest.approx(lr, rel=1e-5), step
     no_warmup = make_schedule(cfg(schedule="warmup_step", warmup_steps=0, decay_steps=[5]))

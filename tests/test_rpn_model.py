@@ -23,8 +23,9 @@ def test_feature_stride():
 @pytest.mark.parametrize("feature,size,cells", [("C5", 1024, 32), ("C4", 512, 32)])
 def test_output_shapes_r50(feature, size, cells):
     model = RPN(depth=50, feature=feature)
-    shapes = jax.eval_shape(lambda: model.init_with_output(
-        jax.random.key(0), jnp.zeros((2, size, size, 3)))[0])
+    shapes = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, size, size, 3)))[0]
+    )
     assert shapes["objectness"].shape == (2, cells * cells * 15)
     assert shapes["deltas"].shape == (2, cells * cells * 15, 4)
     assert shapes["objectness"].dtype == shapes["deltas"].dtype == jnp.float32
@@ -38,26 +39,35 @@ def test_parameter_tree():
     assert head["conv"]["kernel"].shape == (3, 3, 2048, 256)
     assert head["cls_logits"]["kernel"].shape == (1, 1, 256, 15)
     assert head["bbox_pred"]["kernel"].shape == (1, 1, 256, 60)
-    c4 = jax.eval_shape(lambda: RPN(depth=50, feature="C4").init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    c4 = jax.eval_shape(
+        lambda: RPN(depth=50, feature="C4").init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    )
     assert "layer4" not in c4["params"]["backbone"]
     assert c4["params"]["head"]["conv"]["kernel"].shape == (3, 3, 1024, 256)
 
 
 def test_head_init_like_torchvision():
     features = jnp.zeros((1, 4, 4, 64))
-    params = init_module(RPNHead(num_anchors=3, channels=512), jax.random.key(0), features)["params"]
+    params = init_module(RPNHead(num_anchors=3, channels=512), jax.random.key(0), features)[
+        "params"
+    ]
     kernel = np.asarray(params["conv"]["kernel"])
     assert abs(kernel.std() - 0.01) < 0.001
-    assert all(np.all(np.asarray(params[name]["bias"]) == 0) for name in ("conv", "cls_logits", "bbox_pred"))
+    assert all(
+        np.all(np.asarray(params[name]["bias"]) == 0)
+        for name in ("conv", "cls_logits", "bbox_pred")
+    )
 
 
 def test_flatten_order_is_row_column_anchor():
     """objectness[b, (r*W + c)*A + a] is logit a of cell (r, c); deltas channel 4a + k is (a, k)."""
     num_anchors, height, width = 3, 2, 5
-    features = jax.random.normal(jax.random.key(1), (2, height, width, 8))
+    features = np.random.default_rng(1).normal(size=(2, height, width, 8)).astype(np.float32)
     head = RPNHead(num_anchors=num_anchors, channels=16)
     variables = init_module(head, jax.random.key(0), features)
-    out, state = jax.jit(lambda v, x: head.apply(v, x, capture_intermediates=True))(variables, features)
+    out, state = jax.jit(lambda v, x: head.apply(v, x, capture_intermediates=True))(
+        variables, features
+    )
     logits = np.asarray(state["intermediates"]["cls_logits"]["__call__"][0])
     deltas = np.asarray(state["intermediates"]["bbox_pred"]["__call__"][0])
     objectness, flat_deltas = np.asarray(out["objectness"]), np.asarray(out["deltas"])
@@ -66,27 +76,41 @@ def test_flatten_order_is_row_column_anchor():
             for a in range(num_anchors):
                 i = (r * width + c) * num_anchors + a
                 np.testing.assert_array_equal(objectness[:, i], logits[:, r, c, a])
-                np.testing.assert_array_equal(flat_deltas[:, i], deltas[:, r, c, 4 * a:4 * a + 4])
+                np.testing.assert_array_equal(flat_deltas[:, i], deltas[:, r, c, 4 * a : 4 * a + 4])
 
 
 def train_cfg() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
-                                          schedule="constant", warmup_steps=0, decay_steps=[],
-                                          decay_factor=0.1))
+    return ml_collections.ConfigDict(
+        dict(
+            learning_rate=0.1,
+            momentum=0.9,
+            weight_decay=1e-4,
+            schedule="constant",
+            warmup_steps=0,
+            decay_steps=[],
+            decay_factor=0.1,
+        )
+    )
 
 
 def make_train_step(model, tx):
     """Toy loss on the RPN outputs: BCE against fixed labels plus squared deltas."""
 
     def loss_fn(params, batch_stats, images, labels):
-        out, updates = model.apply({"params": params, "batch_stats": batch_stats}, images,
-                                   train=True, mutable=["batch_stats"])
+        out, updates = model.apply(
+            {"params": params, "batch_stats": batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
         bce = optax.sigmoid_binary_cross_entropy(out["objectness"], labels).mean()
         return bce + jnp.mean(out["deltas"] ** 2), updates["batch_stats"]
 
     @jax.jit
     def step(params, batch_stats, opt_state, images, labels):
-        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch_stats, images, labels)
+        (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch_stats, images, labels
+        )
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), batch_stats, opt_state, grads
 
@@ -94,15 +118,19 @@ def make_train_step(model, tx):
 
 
 def test_train_step_freezes_stem_and_layer1():
-    model = RPN(depth=18, width=8, norm="bn", num_anchors=3, head_channels=16)
+    # C3 keeps the compile short: layer2 and the head are what stay trainable.
+    model = RPN(depth=18, width=8, norm="bn", feature="C3", num_anchors=3, head_channels=16)
     variables = init_rpn(model, jax.random.key(0), 64)
     params = variables["params"]
     tx = make_optimizer(train_cfg(), params, STEM_AND_LAYER1)
     opt_state = tx.init(params)
-    images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))
-    labels = (jax.random.uniform(jax.random.key(2), (2, 2 * 2 * 3)) > 0.5).astype(jnp.float32)
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(2, 64, 64, 3)).astype(np.float32)
+    labels = (rng.uniform(size=(2, 8 * 8 * 3)) > 0.5).astype(np.float32)
     step = make_train_step(model, tx)
-    new_params, _, new_opt_state, grads = step(params, variables["batch_stats"], opt_state, images, labels)
+    new_params, _, new_opt_state, grads = step(
+        params, variables["batch_stats"], opt_state, images, labels
+    )
 
     flat_old = dict(jax.tree_util.tree_flatten_with_path(params)[0])
     flat_new = dict(jax.tree_util.tree_flatten_with_path(new_params)[0])
@@ -112,7 +140,7 @@ def test_train_step_freezes_stem_and_layer1():
         name = "/".join(p.key for p in path)
         frozen = name.startswith(STEM_AND_LAYER1)
         num_frozen += frozen
-        # The frozen leaves do receive gradient here (frozen_stages=0): the optimizer alone must stop them.
+        # Frozen leaves do get gradients here (frozen_stages=0): the optimizer alone stops them.
         assert np.any(np.asarray(flat_grads[path]) != 0), name
         same = np.array_equal(np.asarray(flat_new[path]), np.asarray(old))
         assert same == frozen, name
@@ -122,14 +150,20 @@ def test_train_step_freezes_stem_and_layer1():
     buffers = [x for x in jax.tree.leaves(new_opt_state) if getattr(x, "ndim", 0) > 0]
     assert len(buffers) == len(flat_old) - num_frozen
     trace = new_opt_state.inner_states["trainable"].inner_state[1][0].trace
-    assert all(isinstance(leaf, optax.MaskedNode) for leaf in jax.tree.leaves(
-        trace["backbone"]["layer1"], is_leaf=lambda x: isinstance(x, optax.MaskedNode)))
+    assert all(
+        isinstance(leaf, optax.MaskedNode)
+        for leaf in jax.tree.leaves(
+            trace["backbone"]["layer1"], is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+        )
+    )
     assert new_opt_state.inner_states["frozen"].inner_state == optax.EmptyState()
 
 
 def test_bfloat16_outputs_float32():
     model = RPN(depth=18, width=8, norm="gn", num_anchors=3, head_channels=16, dtype=jnp.bfloat16)
-    shapes = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    shapes = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
+    )
     out, variables = shapes
     assert out["objectness"].dtype == out["deltas"].dtype == jnp.float32
     assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}

@@ -8,8 +8,13 @@ import torch
 import torchvision
 
 from rpn_jax.models.rpn import RPN
-from rpn_jax.weights import (convert_torchvision_resnet, graft_backbone, load_variables, main,
-                             save_variables)
+from rpn_jax.weights import (
+    convert_torchvision_resnet,
+    graft_backbone,
+    load_variables,
+    main,
+    save_variables,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +30,17 @@ def rpn_shapes(**kwargs):
 
 def test_layout_frozen_bn(r18_state):
     variables = convert_torchvision_resnet(r18_state, "resnet18")
-    np.testing.assert_array_equal(variables["params"]["layer2"]["0"]["downsample"]["0"]["kernel"],
-                                  r18_state["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        variables["params"]["layer2"]["0"]["downsample"]["0"]["kernel"],
+        r18_state["layer2.0.downsample.0.weight"].transpose(2, 3, 1, 0),
+    )
     bn = variables["batch_stats"]["layer3"]["1"]["bn2"]
-    for flax_name, torch_name in (("scale", "weight"), ("bias", "bias"),
-                                  ("mean", "running_mean"), ("var", "running_var")):
+    for flax_name, torch_name in (
+        ("scale", "weight"),
+        ("bias", "bias"),
+        ("mean", "running_mean"),
+        ("var", "running_var"),
+    ):
         np.testing.assert_array_equal(bn[flax_name], r18_state[f"layer3.1.bn2.{torch_name}"])
     assert "bn1" not in variables["params"]
 
@@ -51,12 +62,21 @@ def damaged(state, name, value=None, rename=None):
     return state
 
 
-@pytest.mark.parametrize("change,named", [
-    (dict(name="layer2.0.bn1.running_var"), "layer2.0.bn1.running_var"),
-    (dict(name="layer3.1.conv2.weight", rename="layer3.1.conv_2.weight"), "layer3.1.conv_2.weight"),
-    (dict(name="layer3.1.conv2.weight", value=np.zeros((256, 256, 1, 3), np.float32)), "layer3.1.conv2.weight"),
-    (dict(name="bn1.bias", value=np.zeros((65,), np.float32)), "bn1.bias"),
-])
+@pytest.mark.parametrize(
+    "change,named",
+    [
+        (dict(name="layer2.0.bn1.running_var"), "layer2.0.bn1.running_var"),
+        (
+            dict(name="layer3.1.conv2.weight", rename="layer3.1.conv_2.weight"),
+            "layer3.1.conv_2.weight",
+        ),
+        (
+            dict(name="layer3.1.conv2.weight", value=np.zeros((256, 256, 1, 3), np.float32)),
+            "layer3.1.conv2.weight",
+        ),
+        (dict(name="bn1.bias", value=np.zeros((65,), np.float32)), "bn1.bias"),
+    ],
+)
 def test_strict_loading_names_the_key(r18_state, change, named):
     with pytest.raises(ValueError, match=named.replace(".", r"\.")):
         convert_torchvision_resnet(damaged(r18_state, **change), "resnet18")
@@ -73,7 +93,9 @@ def test_extra_key_and_wrong_arch_fail(r18_state):
 
 def test_ignores_classifier_and_counters(r18_state):
     assert "fc.weight" in r18_state and "bn1.num_batches_tracked" in r18_state
-    trimmed = {k: v for k, v in r18_state.items() if not k.startswith("fc.") and "num_batches" not in k}
+    trimmed = {
+        k: v for k, v in r18_state.items() if not k.startswith("fc.") and "num_batches" not in k
+    }
     a = convert_torchvision_resnet(r18_state, "resnet18")
     b = convert_torchvision_resnet(trimmed, "resnet18")
     assert jax.tree.all(jax.tree.map(np.array_equal, a, b))
@@ -95,10 +117,13 @@ def test_graft_backbone(r18_state):
     target = rpn_shapes()
     grafted = graft_backbone(target, backbone)
     assert grafted["params"]["head"] is target["params"]["head"]
-    np.testing.assert_array_equal(grafted["params"]["backbone"]["layer4"]["1"]["conv2"]["kernel"],
-                                  backbone["params"]["layer4"]["1"]["conv2"]["kernel"])
-    np.testing.assert_array_equal(grafted["batch_stats"]["backbone"]["bn1"]["var"],
-                                  backbone["batch_stats"]["bn1"]["var"])
+    np.testing.assert_array_equal(
+        grafted["params"]["backbone"]["layer4"]["1"]["conv2"]["kernel"],
+        backbone["params"]["layer4"]["1"]["conv2"]["kernel"],
+    )
+    np.testing.assert_array_equal(
+        grafted["batch_stats"]["backbone"]["bn1"]["var"], backbone["batch_stats"]["bn1"]["var"]
+    )
     c4 = graft_backbone(rpn_shapes(feature="C4"), backbone)
     assert "layer4" not in c4["params"]["backbone"]
 
@@ -123,6 +148,8 @@ def test_cli_from_pth(r18_state, tmp_path):
     out = tmp_path / "r18.npz"
     main(["--arch", "resnet18", "--out", str(out), "--from-pth", str(pth)])
     loaded = load_variables(out)
-    assert jax.tree.all(jax.tree.map(np.array_equal, loaded, convert_torchvision_resnet(r18_state, "resnet18")))
+    assert jax.tree.all(
+        jax.tree.map(np.array_equal, loaded, convert_torchvision_resnet(r18_state, "resnet18"))
+    )
     with pytest.raises(FileNotFoundError, match="nope.pth"):
         main(["--arch", "resnet18", "--out", str(out), "--from-pth", str(tmp_path / "nope.pth")])

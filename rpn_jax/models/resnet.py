@@ -11,15 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
+
+from rpn_jax.models.layers import Conv, max_pool_3x3_s2
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
 NORMS = ("frozen_bn", "bn", "gn")
 # torchvision's BatchNorm2d / FrozenBatchNorm2d epsilon.
 BN_EPSILON = 1e-5
-# torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
-_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 class FrozenBatchNorm(nn.Module):
@@ -60,41 +61,23 @@ def make_norm(norm: str, channels: int, train: bool, dtype: Any, name: str) -> n
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
     if norm == "bn":
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=BN_EPSILON,
-                            dtype=dtype, param_dtype=jnp.float32, name=name)
+        return nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
     if norm == "gn":
-        return nn.GroupNorm(num_groups=group_count(channels), epsilon=BN_EPSILON,
-                            dtype=dtype, param_dtype=jnp.float32, name=name)
+        return nn.GroupNorm(
+            num_groups=group_count(channels),
+            epsilon=BN_EPSILON,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            name=name,
+        )
     raise ValueError(f"unknown norm {norm!r}; expected one of {NORMS}")
-
-
-class PointwiseConv(nn.Module):
-    """Bias-free 1x1 conv (stride s) as a channel matmul on x[:, ::s, ::s].
-
-    Same parameter ("kernel" [1, 1, I, O]) and result as `nn.Conv` with a 1x1 kernel,
-    but its weight gradient is a plain matmul: XLA's CPU backend computes conv
-    weight gradients several times slower than the equivalent dot.
-    """
-
-    features: int
-    stride: int = 1
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        kernel = self.param("kernel", _conv_init, (1, 1, x.shape[-1], self.features), jnp.float32)
-        x = x[:, :: self.stride, :: self.stride].astype(self.dtype)
-        return jnp.einsum("bhwc,cd->bhwd", x, kernel[0, 0].astype(self.dtype))
-
-
-def conv(features: int, kernel: int, stride: int, dtype: Any, name: str) -> nn.Module:
-    """Bias-free conv with torch's symmetric padding kernel // 2 (not XLA "SAME")."""
-    if kernel == 1:
-        return PointwiseConv(features, stride, dtype, name=name)
-    pad = kernel // 2
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
-                   padding=((pad, pad), (pad, pad)), use_bias=False,
-                   kernel_init=_conv_init, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 class Downsample(nn.Module):
@@ -107,7 +90,7 @@ class Downsample(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
-        x = conv(self.features, 1, self.stride, self.dtype, "0")(x)
+        x = Conv(self.features, 1, self.stride, dtype=self.dtype, name="0")(x)
         return make_norm(self.norm, self.features, train, self.dtype, "1")(x)
 
 
@@ -124,12 +107,14 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         out_channels = self.planes * self.expansion
-        y = conv(self.planes, 3, self.stride, self.dtype, "conv1")(x)
+        y = Conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(make_norm(self.norm, self.planes, train, self.dtype, "bn1")(y))
-        y = conv(self.planes, 3, 1, self.dtype, "conv2")(y)
+        y = Conv(self.planes, 3, 1, dtype=self.dtype, name="conv2")(y)
         y = make_norm(self.norm, self.planes, train, self.dtype, "bn2")(y)
         if self.stride != 1 or x.shape[-1] != out_channels:
-            x = Downsample(out_channels, self.stride, self.norm, self.dtype, name="downsample")(x, train)
+            x = Downsample(out_channels, self.stride, self.norm, self.dtype, name="downsample")(
+                x, train
+            )
         return nn.relu(y + x)
 
 
@@ -146,14 +131,16 @@ class Bottleneck(nn.Module):
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         out_channels = self.planes * self.expansion
-        y = conv(self.planes, 1, 1, self.dtype, "conv1")(x)
+        y = Conv(self.planes, 1, 1, dtype=self.dtype, name="conv1")(x)
         y = nn.relu(make_norm(self.norm, self.planes, train, self.dtype, "bn1")(y))
-        y = conv(self.planes, 3, self.stride, self.dtype, "conv2")(y)
+        y = Conv(self.planes, 3, self.stride, dtype=self.dtype, name="conv2")(y)
         y = nn.relu(make_norm(self.norm, self.planes, train, self.dtype, "bn2")(y))
-        y = conv(out_channels, 1, 1, self.dtype, "conv3")(y)
+        y = Conv(out_channels, 1, 1, dtype=self.dtype, name="conv3")(y)
         y = make_norm(self.norm, out_channels, train, self.dtype, "bn3")(y)
         if self.stride != 1 or x.shape[-1] != out_channels:
-            x = Downsample(out_channels, self.stride, self.norm, self.dtype, name="downsample")(x, train)
+            x = Downsample(out_channels, self.stride, self.norm, self.dtype, name="downsample")(
+                x, train
+            )
         return nn.relu(y + x)
 
 
@@ -171,7 +158,9 @@ class ResLayer(nn.Module):
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
         for index in range(self.num_blocks):
             stride = self.stride if index == 0 else 1
-            x = self.block_cls(self.planes, stride, self.norm, self.dtype, name=str(index))(x, train)
+            x = self.block_cls(self.planes, stride, self.norm, self.dtype, name=str(index))(
+                x, train
+            )
         return x
 
 
@@ -204,23 +193,34 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         if self.depth not in STAGE_BLOCKS:
-            raise ValueError(f"unsupported ResNet depth {self.depth}; expected one of {sorted(STAGE_BLOCKS)}")
+            raise ValueError(
+                f"unsupported ResNet depth {self.depth}; expected one of {sorted(STAGE_BLOCKS)}"
+            )
         if not 1 <= self.num_stages <= 4:
             raise ValueError(f"num_stages must be in 1..4, got {self.num_stages}")
         if not 0 <= self.frozen_stages <= self.num_stages + 1:
-            raise ValueError(f"frozen_stages must be in 0..{self.num_stages + 1}, got {self.frozen_stages}")
+            raise ValueError(
+                f"frozen_stages must be in 0..{self.num_stages + 1}, got {self.frozen_stages}"
+            )
         block_cls = BasicBlock if self.depth < 50 else Bottleneck
 
-        x = conv(self.width, 7, 2, self.dtype, "conv1")(images.astype(self.dtype))
+        x = Conv(self.width, 7, 2, dtype=self.dtype, name="conv1")(images.astype(self.dtype))
         x = nn.relu(make_norm(self.norm, self.width, train, self.dtype, "bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        x = max_pool_3x3_s2(x)
         if self.frozen_stages >= 1:
             x = lax.stop_gradient(x)
 
         features = {}
         for stage, num_blocks in enumerate(STAGE_BLOCKS[self.depth][: self.num_stages]):
-            x = ResLayer(block_cls, num_blocks, self.width * 2**stage, 1 if stage == 0 else 2,
-                         self.norm, self.dtype, name=f"layer{stage + 1}")(x, train)
+            x = ResLayer(
+                block_cls,
+                num_blocks,
+                self.width * 2**stage,
+                1 if stage == 0 else 2,
+                self.norm,
+                self.dtype,
+                name=f"layer{stage + 1}",
+            )(x, train)
             if self.frozen_stages >= stage + 2:
                 x = lax.stop_gradient(x)
             features[f"C{stage + 2}"] = x

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rpn_jax.models.layers import Conv
 from rpn_jax.models.resnet import ResNet
 
 _FEATURE_STRIDES = {"C2": 4, "C3": 8, "C4": 16, "C5": 32}
@@ -39,12 +40,15 @@ class RPNHead(nn.Module):
 
     @nn.compact
     def __call__(self, features: jnp.ndarray) -> dict[str, jnp.ndarray]:
-        def head_conv(out: int, kernel: int, name: str) -> nn.Conv:
-            pad = kernel // 2
-            return nn.Conv(out, (kernel, kernel), padding=((pad, pad), (pad, pad)),
-                           kernel_init=nn.initializers.normal(stddev=0.01),
-                           bias_init=nn.initializers.zeros, dtype=self.dtype,
-                           param_dtype=jnp.float32, name=name)
+        def head_conv(out: int, kernel: int, name: str) -> Conv:
+            return Conv(
+                out,
+                kernel,
+                use_bias=True,
+                kernel_init=nn.initializers.normal(stddev=0.01),
+                dtype=self.dtype,
+                name=name,
+            )
 
         x = nn.relu(head_conv(self.channels, 3, "conv")(features))
         logits = head_conv(self.num_anchors, 1, "cls_logits")(x)
@@ -69,7 +73,8 @@ class RPN(nn.Module):
       dtype: computation dtype; params and outputs are float32.
 
     `__call__(images [B, S, S, 3] float32 normalised, train=False)` returns
-    {"objectness": [B, H*W*A] logits, "deltas": [B, H*W*A, 4]}, H = W = S / stride.
+    {"objectness": [B, H*W*A] logits, "deltas": [B, H*W*A, 4]}, H = W = S / stride
+    (each stride-2 layer rounds up, as in torchvision).
     """
 
     depth: int = 50
@@ -85,10 +90,18 @@ class RPN(nn.Module):
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         feature_stride(self.feature)  # validates the name
         num_stages = int(self.feature[1:]) - 1  # "C5" is layer4's output
-        features = ResNet(depth=self.depth, width=self.width, norm=self.norm,
-                          frozen_stages=self.frozen_stages, num_stages=num_stages,
-                          dtype=self.dtype, name="backbone")(images, train)
-        return RPNHead(self.num_anchors, self.head_channels, self.dtype, name="head")(features[self.feature])
+        features = ResNet(
+            depth=self.depth,
+            width=self.width,
+            norm=self.norm,
+            frozen_stages=self.frozen_stages,
+            num_stages=num_stages,
+            dtype=self.dtype,
+            name="backbone",
+        )(images, train)
+        return RPNHead(self.num_anchors, self.head_channels, self.dtype, name="head")(
+            features[self.feature]
+        )
 
 
 def init_module(module: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) -> dict[str, Any]:
@@ -96,8 +109,8 @@ def init_module(module: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) 
 
     Jitting dead-code eliminates the dummy forward pass. On CPU, XLA's optimisation
     of the unrolled threefry random-number code dominates (tens of seconds for a
-    ResNet-50 on 2 cores); it runs once, so it is compiled at optimisation level 0.
-    The values are the same as an optimised compile's.
+    ResNet-50 on 2 cores); it runs once, so it is compiled at optimisation level 0
+    (values equal an optimised compile's up to float rounding).
     """
     init = jax.jit(lambda k, *args: module.init(k, *args, **kwargs))
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
@@ -109,4 +122,6 @@ def init_rpn(model: RPN, key: jax.Array, image_size: int) -> dict[str, Any]:
 
     "batch_stats" is present for the BatchNorm norms, absent for "gn".
     """
-    return init_module(model, key, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False)
+    return init_module(
+        model, key, jnp.zeros((1, image_size, image_size, 3), jnp.float32), train=False
+    )
