@@ -56,6 +56,9 @@ def _floats(values: list[str], flag: str) -> list[float]:
     raise ValueError(f"--{flag}: expected numbers, got {','.join(values)}")
 
 
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host run: call jax.distributed.initialize() "
+    "(each host then reads its own share of every batch).")
 _CONFIG = cli.define_config_flag(
     config_flags.DEFINE_config_dict, "config", _saved_config(), "Overrides of the checkpoint's config.",
     lock_config=True)
@@ -66,7 +69,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _CKPT.value:
     raise app.UsageError("--ckpt DIR is required")
-  cli.setup()
+  cli.setup(_DISTRIBUTED.value)
   output_dir = _OUTPUT_DIR.value or os.path.join(_CKPT.value, "eval")
   with cli.one_line_errors():
     from rpn_jax import eval_lib

@@ -15,6 +15,9 @@ from ml_collections import config_flags
 from rpn_jax import cli
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host run: call jax.distributed.initialize() "
+    "(each host then reads its own share of every batch).")
 _CONFIG = cli.define_config_flag(
     config_flags.DEFINE_config_file, "config", os.path.join(_HERE, "configs", "default.py"),
     "Training recipe (a configs/*.py file); override keys with --config.a.b=v.",
@@ -27,7 +30,7 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  cli.setup()
+  cli.setup(_DISTRIBUTED.value)
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or os.path.join(
       "runs", os.path.splitext(os.path.basename(config_path))[0])

@@ -3,6 +3,7 @@
 import contextlib
 import logging
 import os
+import re
 import sys
 from typing import Any, Callable
 
@@ -24,8 +25,12 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def setup() -> None:
-  """Process-wide set-up of the command-line programs."""
+def setup(distributed: bool = False) -> None:
+  """Process-wide set-up of the command-line programs; `distributed` joins a
+  multi-host job (TPU slice, SLURM or other cluster JAX detects)."""
+  if distributed:
+    import jax
+    jax.distributed.initialize()
   enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger().setLevel(logging.WARNING)
@@ -56,7 +61,8 @@ def define_config_flag(define: Callable[..., Any], *args, **kwargs) -> Any:
   try:
     return define(*args, **kwargs)
   except (KeyError, AttributeError) as e:
-    key = str(e).strip("\"'").split("'")[0]
+    quoted = re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", str(e).replace("\\", ""))
+    key = quoted[0] if quoted else str(e)
     flags = [a.split("=")[0] for a in sys.argv[1:]
              if a.startswith("--config.") and key in a.split("=")[0].split(".")]
     where = flags[0] if flags else "--config"

@@ -82,14 +82,16 @@ def predict_proposals(config: ml_collections.ConfigDict,
       dataset, batch_size=config.eval.batch_size,
       image_size=config.data.image_size, max_boxes=config.data.max_boxes,
       shuffle=False, seed=config.seed, hflip=False, drop_last=False,
-      num_workers=config.data.num_workers)
+      num_workers=config.data.num_workers,
+      process_index=jax.process_index(), process_count=jax.process_count())
   variables = parallel.replicate(variables, mesh)
   ids, boxes, scores, valid = [], [], [], []
   with tqdm(total=len(dataset), unit="img", desc="predict",
-            dynamic_ncols=True, mininterval=1.0) as bar:
+            dynamic_ncols=True, mininterval=1.0,
+            disable=jax.process_index() != 0) as bar:
     for batch in loader.epoch(0):
-      out = predict(variables, parallel.shard_batch(batch, mesh))
-      out = jax.device_get(out)
+      out = parallel.gather(predict(variables, parallel.shard_batch(batch, mesh)))
+      batch = parallel.gather({k: batch[k] for k in ("image_id", "scale")})
       keep = batch["image_id"] >= 0
       scale = batch["scale"][keep][:, None, None]
       ids.append(batch["image_id"][keep])
@@ -135,7 +137,15 @@ def select_detections(props: Proposals, score_threshold: float,
 
 def restore_variables(config: ml_collections.ConfigDict, ckpt_dir: str,
                       step: int | None = None) -> tuple[dict[str, Any], int]:
-  """Params and statistics of checkpoint `step` (default: newest) of a workdir."""
+  """Params and statistics of checkpoint `step` (default: newest) of a workdir.
+
+  `config` must agree with the workdir's config.json on every model setting
+  (else a ValueError names the differing keys)."""
+  saved = checkpoint_lib.load_config(ckpt_dir)
+  diff = checkpoint_lib.config_mismatch(saved.to_dict(), config)
+  if diff:
+    raise ValueError(f"the checkpoint in {ckpt_dir} was trained with other "
+                     f"model settings: {', '.join(diff)}")
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(ckpt_dir, checkpoint_lib.CHECKPOINT_DIR))
   steps = ckpt.all_steps()
@@ -236,6 +246,8 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   os.makedirs(output_dir, exist_ok=True)
   t0 = time.perf_counter()
   props = predict_proposals(config, variables, dataset)
+  if jax.process_index() != 0:  # every process predicts, one evaluates
+    return {}
   coco = coco_eval.load_ground_truth(dataset.annotation_file)
   category_id = coco_eval.person_category_id(coco, dataset.annotation_file)
   image_ids = [int(i) for i in props.image_ids]

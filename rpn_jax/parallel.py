@@ -1,8 +1,10 @@
-"""Data parallelism over every local device with `jax.sharding`.
+"""Data parallelism over every device with `jax.sharding`.
 
 The global batch is split along a one-axis `data` mesh, the train state is
 replicated, and `jax.jit` inserts the gradient all-reduce itself; on a single
-device all of this is the identity.
+device all of this is the identity. On several hosts (a TPU slice, a GPU
+cluster; after `jax.distributed.initialize()`) each process feeds its own
+share of the global batch and the mesh spans every process's devices.
 """
 
 from typing import Any, Callable
@@ -13,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 
 def data_mesh(devices: list[jax.Device] | None = None) -> Mesh:
-  devices = jax.local_devices() if devices is None else devices
+  devices = jax.devices() if devices is None else devices
   return Mesh(np.asarray(devices), ("data",))
 
 
@@ -22,17 +24,27 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places a host batch with its leading axis split over the `data` axis.
-
-  The batch size must be a multiple of the device count.
-  """
+  """This process's share of a global batch -> global arrays split over the
+  `data` axis. The global batch size must be a multiple of the device count."""
   n = mesh.devices.size
+  sharding = NamedSharding(mesh, P("data"))
+  out = {}
   for name, value in batch.items():
-    if value.shape[0] % n:
+    if (value.shape[0] * jax.process_count()) % n:
       raise ValueError(
-          f"batch size {value.shape[0]} of {name!r} is not a multiple of the "
-          f"{n} devices; set train.batch_size / eval.batch_size accordingly")
-  return jax.device_put(batch, NamedSharding(mesh, P("data")))
+          f"batch size {value.shape[0] * jax.process_count()} of {name!r} is "
+          f"not a multiple of the {n} devices; set train.batch_size / "
+          "eval.batch_size accordingly")
+    out[name] = jax.make_array_from_process_local_data(sharding, value)
+  return out
+
+
+def gather(tree: Any) -> Any:
+  """Every process's share of data-sharded outputs, on the host (numpy)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def jit_data_parallel(fn: Callable, mesh: Mesh) -> Callable:

@@ -193,7 +193,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       dataset, batch_size=config.train.batch_size,
       image_size=config.data.image_size, max_boxes=config.data.max_boxes,
       shuffle=True, seed=config.seed, hflip=config.data.hflip,
-      drop_last=True, num_workers=config.data.num_workers)
+      drop_last=True, num_workers=config.data.num_workers,
+      process_index=jax.process_index(), process_count=jax.process_count())
   steps_per_epoch = loader.steps_per_epoch
   if steps_per_epoch == 0:
     raise ValueError(
@@ -228,8 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"({config.data.source}), {steps_per_epoch} steps/epoch, "
         f"steps {start}..{total_steps}, {jax.device_count()} device(s): "
         f"{jax.devices()[0].device_kind}", flush=True)
+  lead = jax.process_index() == 0  # only process 0 logs
   progress = tqdm(total=total_steps, initial=start, unit="step",
-                  dynamic_ncols=True, mininterval=1.0)
+                  dynamic_ncols=True, mininterval=1.0, disable=not lead)
   nonfinite_streak = 0
   pending = None  # (step, image_ids, metrics) of the step still in flight
   window_start, window_images = time.perf_counter(), 0
@@ -254,8 +256,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       window_start, window_images = time.perf_counter(), 0
       progress.set_postfix(loss=f"{m['total']:.4f}", obj=f"{m['objectness']:.4f}",
                            box=f"{m['box']:.4f}", img_s=f"{rate:.1f}")
-      _log_line(metrics_path, dict(m, step=step, images_per_sec=rate,
-                                   epoch=(step - 1) // steps_per_epoch))
+      if lead:
+        _log_line(metrics_path, dict(m, step=step, images_per_sec=rate,
+                                     epoch=(step - 1) // steps_per_epoch))
 
   with _StopRequest() as stop:
     epoch = start // steps_per_epoch

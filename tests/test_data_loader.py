@@ -202,3 +202,17 @@ def test_stopping_early_releases_the_workers():
   next(epoch)
   epoch.close()
   assert len(list(loader.epoch(0))) == 10
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_process_shares_cover_every_image_once(process_count):
+  dataset = FakeDataset(21)
+  seen = []
+  for index in range(process_count):
+    loader = BatchLoader(dataset, batch_size=8, image_size=16, max_boxes=2,
+                         shuffle=True, seed=3, drop_last=False, num_workers=0,
+                         process_index=index, process_count=process_count)
+    batches = list(loader.epoch(1))
+    assert all(b["image"].shape[0] == 8 // process_count for b in batches)
+    seen += [i for b in batches for i in b["image_id"].tolist() if i >= 0]
+  assert sorted(seen) == sorted(dataset.image_ids)

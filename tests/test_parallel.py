@@ -22,6 +22,7 @@ assert jax.device_count() == 2, jax.devices()
 config = get_config()
 config.model.norm = "gn"  # per-device BatchNorm statistics would differ by design
 model, tx, state = _tiny_state(config)
+state = jax.device_get(state)  # host copy: each run below donates its own
 fn = train_lib.make_train_step(config, model, tx, setup_model.model_anchors(config))
 batch = _batch(config, [10, 10, 60, 90])
 batch["boxes"][1::2, 0] = [40, 20, 100, 120]

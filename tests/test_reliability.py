@@ -64,13 +64,18 @@ def test_non_finite_step_is_not_applied(tiny):
   model, tx, state = _tiny_state(tiny)
   step = jax.jit(train_lib.make_train_step(
       tiny, model, tx, setup_model.model_anchors(tiny)))
-  good, metrics = step(state, _batch(tiny, [10, 10, 60, 90]))
+  batch = _batch(tiny, [10, 10, 60, 90])
+  good, metrics = step(state, batch)
   assert int(metrics["finite"]) == 1
-  bad, metrics = step(good, _batch(tiny, [10, 10, np.nan, 90]))
+  # A weight gone bad (as after an overflow) makes the loss NaN.
+  bias = good.params["head"]["cls_logits"]["bias"]
+  poisoned = good.replace(params=jax.tree_util.tree_map(lambda x: x, good.params))
+  poisoned.params["head"]["cls_logits"]["bias"] = bias.at[0].set(jnp.nan)
+  after, metrics = step(poisoned, batch)
   assert int(metrics["finite"]) == 0
-  assert int(bad.step) == 2
-  for x, y in zip(jax.tree_util.tree_leaves((good.params, good.opt_state)),
-                  jax.tree_util.tree_leaves((bad.params, bad.opt_state))):
+  assert int(after.step) == 2
+  for x, y in zip(jax.tree_util.tree_leaves((poisoned.params, poisoned.opt_state)),
+                  jax.tree_util.tree_leaves((after.params, after.opt_state))):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -105,6 +110,8 @@ def test_resume_under_another_model_config_names_the_keys(tiny, tmp_path):
   tiny.data.image_size = 160
   with pytest.raises(ValueError, match="data.image_size.*model.width"):
     checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
+  with pytest.raises(ValueError, match="other model settings: data.image_size, model.width"):
+    eval_lib.restore_variables(tiny, str(tmp_path))
 
 
 def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes(tmp_path):

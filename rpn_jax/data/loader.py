@@ -39,14 +39,23 @@ class BatchLoader:
   `stats["corrupt_images"]` and comes out the same way but keeps its image_id.
   `num_workers` threads decode (0: in the consumer's thread), at most
   `prefetch_batches` batches ahead of the consumer.
+
+  On several hosts, `batch_size` is the global batch and process
+  `process_index` of `process_count` decodes and yields only its contiguous
+  share [batch_size / process_count] of every global batch, so the processes
+  together visit each image of the epoch exactly once.
   """
 
   def __init__(self, dataset: Dataset, *, batch_size: int, image_size: int,
                max_boxes: int, shuffle: bool, seed: int, hflip: bool = False,
-               drop_last: bool, num_workers: int, prefetch_batches: int = 2):
+               drop_last: bool, num_workers: int, prefetch_batches: int = 2,
+               process_index: int = 0, process_count: int = 1):
     if batch_size < 1 or image_size < 1 or max_boxes < 1:
       raise ValueError(f"batch_size ({batch_size}), image_size ({image_size}) "
                        f"and max_boxes ({max_boxes}) must be positive")
+    if batch_size % process_count or not 0 <= process_index < process_count:
+      raise ValueError(f"batch_size {batch_size} must split evenly over "
+                       f"{process_count} processes (index {process_index})")
     self.dataset = dataset
     self.batch_size = batch_size
     self.image_size = image_size
@@ -57,6 +66,8 @@ class BatchLoader:
     self.drop_last = drop_last
     self.num_workers = num_workers
     self.prefetch_batches = max(1, prefetch_batches)
+    self.process_index = process_index
+    self.local_batch_size = batch_size // process_count
     self.stats = {"corrupt_images": 0, "images_with_dropped_boxes": 0,
                   "boxes_dropped": 0}
     self._lock = threading.Lock()
@@ -85,18 +96,20 @@ class BatchLoader:
     steps = self.steps_per_epoch
     if not 0 <= start_step <= steps:
       raise ValueError(f"start_step {start_step} is outside [0, {steps}]")
-    b = self.batch_size
+    b, local = self.batch_size, self.local_batch_size
     indices = self.order(epoch)[start_step * b:steps * b]
     flips = self.flips(epoch)
-    work = [(int(i), bool(flips[i])) for i in indices]
+    shares = [indices[first + self.process_index * local:
+                      first + (self.process_index + 1) * local]
+              for first in range(0, len(indices), b)]
+    work = [(int(i), bool(flips[i])) for share in shares for i in share]
     if self.num_workers > 0:
       examples = self._threaded(work)
     else:
       examples = (self._example(*item) for item in work)
     try:
-      for first in range(0, len(work), b):
-        size = min(b, len(work) - first)
-        yield self._collate([next(examples) for _ in range(size)])
+      for share in shares:
+        yield self._collate([next(examples) for _ in range(len(share))])
     finally:
       examples.close()
 
@@ -105,7 +118,7 @@ class BatchLoader:
     at most `prefetch_batches` batches ahead of the consumer."""
     pool = concurrent.futures.ThreadPoolExecutor(
         self.num_workers, thread_name_prefix="rpn_jax_loader")
-    window = self.prefetch_batches * self.batch_size
+    window = self.prefetch_batches * self.local_batch_size
     pending: collections.deque = collections.deque()
     todo = iter(work)
     try:
@@ -155,5 +168,6 @@ class BatchLoader:
             "image_id": np.int64(image_id), "image_valid": np.bool_(False)}
 
   def _collate(self, examples: list[Batch]) -> Batch:
-    examples = examples + [self._blank(-1)] * (self.batch_size - len(examples))
+    examples = examples + [self._blank(-1)] * (
+        self.local_batch_size - len(examples))
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
