@@ -94,22 +94,27 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[flo
 
 
 def time_alternating(fns: dict[str, Callable[[], Any]], repeats: int,
-                     warmup: int = 1) -> dict[str, list[float]]:
+                     warmup: int = 1) -> tuple[dict[str, list[float]], float]:
     """`time_calls` for several functions, interleaved call by call.
 
     On a shared machine the background load then falls on all contenders alike,
-    which keeps their ratio honest even when the absolute times drift.
+    which keeps their ratio honest even when the absolute times drift (up to
+    a point: torch's worker threads wait for each other, so it loses more to
+    competition for the cores than XLA does).
+    Returns ({name: seconds per call}, cores other processes kept busy
+    meanwhile (`background_load`)).
     """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times = {name: [] for name in fns}
+    before = cpu_counters()
     for _ in range(repeats):
         for name, fn in fns.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return times
+    return times, background_load(before, cpu_counters())
 
 
 def compile_count() -> int:
@@ -128,6 +133,28 @@ def compile_count() -> int:
         monitoring.register_event_duration_secs_listener(listen)
         _listening[0] = True
     return _compiles[0]
+
+
+def cpu_counters() -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds busy on the whole machine, CPU seconds of this process)."""
+    with open("/proc/stat") as f:
+        fields = [float(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    ticks = os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return time.time(), (sum(fields[:8]) - idle) / ticks, own.user + own.system
+
+
+def background_load(before: tuple[float, float, float],
+                    after: tuple[float, float, float]) -> float:
+    """Cores kept busy by other processes between two `cpu_counters` snapshots.
+
+    A benchmark that shares the machine is slowed by this much competition;
+    results store it so that a reader can tell a quiet run from a busy one.
+    """
+    wall = max(after[0] - before[0], 1e-9)
+    others = (after[1] - before[1]) - (after[2] - before[2])
+    return max(others, 0.0) / wall
 
 
 def summary(times: Sequence[float]) -> dict[str, float]:

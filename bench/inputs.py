@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from rpn_jax.anchors import generate_anchors
+from rpn_jax.boxes import box_iou, decode
+
 
 def _random_objects(rng: np.random.Generator, count: int, image_size: int,
                     min_size: float, max_size: float) -> np.ndarray:
@@ -18,45 +21,33 @@ def _random_objects(rng: np.random.Generator, count: int, image_size: int,
     return np.stack([x1, y1, x1 + sizes[:, 0], y1 + sizes[:, 1]], axis=1)
 
 
-def _iou_with(boxes: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Row-wise IoU of boxes [N, 4] with targets [N, 4]."""
-    lt = np.maximum(boxes[:, :2], targets[:, :2])
-    rb = np.minimum(boxes[:, 2:], targets[:, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area(boxes) + area(targets) - inter)
-
-
-def proposal_boxes(n: int, image_size: int = 1024, num_objects: int = 12,
-                   background_fraction: float = 0.2, seed: int = 0
+def proposal_boxes(n: int, image_size: int = 1024, num_objects: int = 12, seed: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes like an RPN's pre-NMS top-k: dense clusters around objects.
+    """What NMS gets from an R50-C5 RPN: its top-n decoded anchors by objectness.
 
-    Most boxes are jittered copies of one of `num_objects` objects (centre
-    shifted by ~15% of its size, sides scaled by ~exp(N(0, 0.25))), scored by
-    their IoU with it plus noise; the rest are scattered low-score boxes.
-    Returns boxes [n, 4] float32 xyxy clipped to the image and scores [n]
-    float32 in (0, 1), all distinct.
+    The 15 anchors per cell of the stride-32 grid (sizes 32..512, ratios 0.5,
+    1, 2) are moved by deltas ~N(0, 0.1), clipped, and scored by their best
+    IoU with one of `num_objects` objects plus noise, so the best boxes cluster
+    around objects and the rest cover the image as real proposals do.
+    Returns the n best: boxes [n, 4] float32 xyxy pixels, scores [n] float32,
+    all distinct. n is at most the anchor count (15,360 at 1024 px).
     """
     rng = np.random.default_rng(seed)
+    cells = image_size // 32
+    anchors = generate_anchors((cells, cells), 32, (32.0, 64.0, 128.0, 256.0, 512.0),
+                               (0.5, 1.0, 2.0))
+    if n > len(anchors):
+        raise ValueError(f"proposal_boxes: n={n} is more than the {len(anchors)} anchors")
+    deltas = rng.normal(0.0, 0.1, size=anchors.shape).astype(np.float32)
+    boxes = np.clip(np.asarray(decode(anchors, deltas)), 0, image_size)
     objects = _random_objects(rng, num_objects, image_size, 24.0, 600.0)
-    n_background = int(round(n * background_fraction))
-    n_near = n - n_background
-    owner = objects[rng.integers(0, num_objects, n_near)]
-    centre = (owner[:, :2] + owner[:, 2:]) / 2
-    size = owner[:, 2:] - owner[:, :2]
-    centre = centre + rng.normal(0.0, 0.15, size=(n_near, 2)) * size
-    size = size * np.exp(rng.normal(0.0, 0.25, size=(n_near, 2)))
-    near = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-    near_scores = 0.6 * _iou_with(near, owner) + 0.4 * rng.uniform(size=n_near)
-    background = _random_objects(rng, n_background, image_size, 8.0, 400.0)
-    background_scores = 0.3 * rng.uniform(size=n_background)
-    boxes = np.clip(np.concatenate([near, background]), 0, image_size).astype(np.float32)
-    scores = np.concatenate([near_scores, background_scores]).astype(np.float32)
+    overlap = np.asarray(box_iou(boxes, objects.astype(np.float32))).max(axis=1)
+    scores = 0.7 * overlap + 0.3 * rng.uniform(size=len(boxes))
     # Distinct scores: the order of tied boxes is not what is being measured.
-    scores = scores + np.linspace(0, 1e-4, n, dtype=np.float32)[rng.permutation(n)]
-    permutation = rng.permutation(n)
-    return boxes[permutation], scores[permutation]
+    scores = (scores + rng.permutation(len(boxes)) * 1e-7).astype(np.float32)
+    best = np.argsort(-scores)[:n]
+    permutation = best[rng.permutation(n)]
+    return boxes[permutation].astype(np.float32), scores[permutation]
 
 
 def train_batch(batch_size: int, image_size: int, max_boxes: int = 128,

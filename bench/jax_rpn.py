@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -38,28 +39,58 @@ def r50_c5_config(image_size: int, batch_size: int, dtype: str = "float32",
     return config
 
 
-def train_step(config: ml_collections.ConfigDict, seed: int = 0
-               ) -> tuple[Callable[[Any, Batch], Any], Any]:
-    """(jitted step `(state, batch) -> (state, metrics)` with the state donated, first state)."""
+def pretrained_like(variables: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+    """`variables` with frozen-BN statistics drawn like a trained network's.
+
+    Fresh frozen BN is the identity, and a random ResNet-50 then grows its
+    activations block by block to inf at 1024 px; gammas in [0.2, 0.6] (running
+    means ~N(0, 0.1), variances in [0.5, 1.5], betas ~N(0, 0.1)) keep them O(1),
+    as converted ImageNet weights do, so losses and gradients stay finite.
+    """
+    rng = np.random.default_rng(seed)
+    draws = {
+        "scale": lambda shape: rng.uniform(0.2, 0.6, shape),
+        "bias": lambda shape: rng.normal(0.0, 0.1, shape),
+        "mean": lambda shape: rng.normal(0.0, 0.1, shape),
+        "var": lambda shape: rng.uniform(0.5, 1.5, shape),
+    }
+    stats = jax.tree_util.tree_map_with_path(
+        lambda path, x: np.asarray(draws[path[-1].key](x.shape), np.float32),
+        variables["batch_stats"])
+    return {**variables, "batch_stats": stats}
+
+
+def variables(config: ml_collections.ConfigDict, seed: int = 0) -> dict[str, Any]:
+    """Random variables of the configured RPN with `pretrained_like` frozen-BN statistics.
+
+    They do not depend on model.dtype (params are float32 either way).
+    """
     model = setup_model.build_model(config.model)
-    variables = setup_model.init_variables(config, model, jax.random.key(seed))
+    return pretrained_like(setup_model.init_variables(config, model, jax.random.key(seed)), seed)
+
+
+def train_step(config: ml_collections.ConfigDict, variables: dict[str, Any]
+               ) -> tuple[Callable[[Any, Batch], Any], Any]:
+    """(jitted step `(state, batch) -> (state, metrics)` with the state donated, first state).
+
+    The state holds copies of `variables`, so donating it leaves them intact.
+    """
+    variables = jax.tree_util.tree_map(jnp.array, variables)
+    model = setup_model.build_model(config.model)
     tx = train_lib.make_optimizer(config, variables)
     state = train_lib.create_train_state(config, model, tx, variables)
     step = train_lib.make_train_step(config, model, tx, setup_model.model_anchors(config))
     return jax.jit(step, donate_argnums=0), state
 
 
-def predictor(config: ml_collections.ConfigDict, seed: int = 0
-              ) -> tuple[Callable[[Any, Batch], Any], Any]:
-    """(jitted `(variables, batch) -> {boxes [B,K,4], scores [B,K], valid [B,K]}`, variables).
+def predictor(config: ml_collections.ConfigDict) -> Callable[[Any, Batch], Any]:
+    """jitted `(variables, batch) -> {boxes [B,K,4], scores [B,K], valid [B,K]}`.
 
     Forward pass and fixed-size proposals (config.proposals: pre-NMS top-k,
     NMS threshold, post-NMS top-k), as evaluate.py runs them.
     """
     model = setup_model.build_model(config.model)
-    variables = setup_model.init_variables(config, model, jax.random.key(seed))
-    predict = eval_lib.make_predict_fn(config, model, setup_model.model_anchors(config))
-    return jax.jit(predict), variables
+    return jax.jit(eval_lib.make_predict_fn(config, model, setup_model.model_anchors(config)))
 
 
 class StepRunner:

@@ -41,6 +41,14 @@ def build(config: ml_collections.ConfigDict) -> tuple[torch.nn.Module, RegionPro
     torch.manual_seed(0)
     resnet = torchvision.models.get_model(
         config.model.backbone, weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
+    with torch.no_grad():
+        # The statistics of rpn_jax's side (bench.jax_rpn.pretrained_like).
+        for module in resnet.modules():
+            if isinstance(module, torchvision.ops.FrozenBatchNorm2d):
+                module.weight.uniform_(0.2, 0.6)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
     for name, param in resnet.named_parameters():
         if name.startswith(_FROZEN_PREFIXES):
             param.requires_grad_(False)
@@ -113,7 +121,7 @@ def train_step(config: ml_collections.ConfigDict, batch: dict[str, np.ndarray]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return {"objectness": float(loss_objectness), "box": float(loss_box)}
+        return {"objectness": loss_objectness.item(), "box": loss_box.item()}
 
     return step
 

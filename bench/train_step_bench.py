@@ -20,7 +20,7 @@ import torch
 from bench import common, inputs, jax_rpn, torch_rpn
 
 COLUMNS = ("image_size", "batch", "rpn_jax_s", "torchvision_s", "rpn_jax_img_s",
-           "torchvision_img_s", "speedup")
+           "torchvision_img_s", "speedup", "background_cores")
 
 
 def measure(image_size: int, batch_size: int, repeats: int, warmup: int = 1,
@@ -28,14 +28,14 @@ def measure(image_size: int, batch_size: int, repeats: int, warmup: int = 1,
     """One row: median seconds per step and images/s of both, speedup = torchvision / rpn_jax."""
     config = jax_rpn.r50_c5_config(image_size, batch_size, backbone=backbone, width=width)
     batch = inputs.train_batch(batch_size, image_size, config.data.max_boxes)
-    step, state = jax_rpn.train_step(config)
+    step, state = jax_rpn.train_step(config, jax_rpn.variables(config))
     ours = jax_rpn.StepRunner(step, state, batch)
     start = time.perf_counter()
     ours()
     first_call_s = time.perf_counter() - start
     reference = torch_rpn.train_step(config, batch)
     compiles = common.compile_count()
-    times = common.time_alternating({"rpn_jax": ours, "torchvision": reference}, repeats, warmup)
+    times, background = common.time_alternating({"rpn_jax": ours, "torchvision": reference}, repeats, warmup)
     if common.compile_count() != compiles:
         raise RuntimeError("rpn_jax's train step recompiled between steps")
     ours_s = common.summary(times["rpn_jax"])["median_s"]
@@ -48,6 +48,7 @@ def measure(image_size: int, batch_size: int, repeats: int, warmup: int = 1,
         "rpn_jax_img_s": batch_size / ours_s,
         "torchvision_img_s": batch_size / theirs_s,
         "speedup": theirs_s / ours_s,
+        "background_cores": background,
         "rpn_jax_first_call_s": first_call_s,
         "rpn_jax_times_s": times["rpn_jax"],
         "torchvision_times_s": times["torchvision"],
