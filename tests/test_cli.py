@@ -73,3 +73,10 @@ def test_cli_train_then_evaluate_on_a_coco_folder(tmp_path):
   assert os.path.isfile(os.path.join(out, "pictures", "test1.jpg"))
   with open(os.path.join(out, "sweep.json")) as f:
     assert len(json.load(f)) == 2
+
+
+def test_wrongly_typed_value_names_the_key():
+  proc = run("train.py", "--config.train.batch_size=eight")
+  assert proc.returncode != 0
+  assert "Traceback" not in proc.stderr
+  assert "--config.train.batch_size=eight" in proc.stderr
