@@ -193,7 +193,7 @@ def markdown_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return f"{value:.3g}"
+            return f"{value:.3g}" if abs(value) >= 1e-3 or value == 0 else "<0.001"
         return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]

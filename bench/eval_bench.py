@@ -7,7 +7,8 @@ the config's thresholds, proposal_recall) once to compile, then times it again
 (the compiled programs come from the persistent compilation cache, as for a
 second evaluate.py), and times its stages alone: decode (the threaded
 BatchLoader), device (the jitted forward + proposals per batch), host
-post-processing (score threshold + second NMS + COCO results) and COCOeval.
+post-processing (score threshold + second NMS + COCO results), COCOeval of
+the detections and COCOeval of the raw proposals (proposal recall).
 Without --ckpt the weights are random: every image then gets the full 100
 detections, the most COCOeval ever has to match. JSON section "eval".
 """
@@ -31,7 +32,7 @@ from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
 
 COLUMNS = ("images", "image_size", "end_to_end_img_s", "decode_s", "device_s", "host_post_s",
-           "cocoeval_s", "end_to_end_s")
+           "cocoeval_s", "recall_s", "end_to_end_s")
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -61,7 +62,11 @@ def _timed(fn, *args) -> tuple[Any, float]:
 
 
 def stages(config, variables, dataset, coco, category_id) -> dict[str, float]:
-    """Seconds of each stage over the whole split, each run on its own."""
+    """Seconds of each stage over the whole split, each run on its own.
+
+    cocoeval_s: COCOeval of the thresholded detections (the 12 metrics);
+    recall_s: COCOeval of every raw proposal (AR@100/300/1000).
+    """
     loader = loader_lib.BatchLoader(
         dataset, batch_size=config.eval.batch_size, image_size=config.data.image_size,
         max_boxes=config.data.max_boxes, shuffle=False, seed=config.seed, hflip=False,
@@ -98,13 +103,11 @@ def stages(config, variables, dataset, coco, category_id) -> dict[str, float]:
     results, host_post_s = _timed(post)
     image_ids = [int(i) for i in props.image_ids]
 
-    def cocoeval():
-        coco_eval.evaluate(coco, results, image_ids, category_id)
-        eval_lib.proposal_recall(props, coco, image_ids, category_id)
-
-    _, cocoeval_s = _timed(cocoeval)
+    _, cocoeval_s = _timed(coco_eval.evaluate, coco, results, image_ids, category_id)
+    _, recall_s = _timed(eval_lib.proposal_recall, props, coco, image_ids, category_id)
     return {"decode_s": decode_s, "device_s": device_s, "host_post_s": host_post_s,
-            "cocoeval_s": cocoeval_s, "detections": len(results)}
+            "cocoeval_s": cocoeval_s, "recall_s": recall_s, "detections": len(results),
+            "proposals": int(props.valid.sum())}
 
 
 def measure(config: ml_collections.ConfigDict, ckpt: str | None = None) -> dict[str, Any]:
