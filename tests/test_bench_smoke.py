@@ -9,7 +9,9 @@ import json
 import numpy as np
 import torch
 
-from bench import common, gpu, inputs, nms_bench, run_all, torch_rpn
+import pytest
+
+from bench import common, gpu, inputs, nms_bench, report, run_all, torch_rpn
 from bench.jax_rpn import r50_c5_config
 
 torch.set_num_threads(2)
@@ -39,7 +41,7 @@ def test_nms_bench_checks_torchvision_and_records(tmp_path):
     assert set(sections) == {"nms", "gpu"}
     table = common.markdown_table([row], nms_bench.COLUMNS)
     assert table.count("\n") == 2 and "| 300 |" in table
-    assert table in run_all.report(path, ["nms"])
+    assert table in report.render(path, ["nms"])
 
 
 def test_proposal_boxes_are_clustered_top_scores():
@@ -67,3 +69,40 @@ def test_timing_helpers():
     assert set(times) == {"a", "b"} and all(len(t) == 2 for t in times.values())
     assert background >= 0
     assert common.summary([3.0, 1.0, 2.0]) == {"median_s": 2.0, "min_s": 1.0, "runs": 3}
+
+
+def _results(tmp_path):
+    """A results file with one NMS row that meets its target and one train-step row that doesn't."""
+    path = str(tmp_path / "r.json")
+    common.record("nms", [{"boxes": 12000, "kept": 1000, "speedup": 80.5},
+                          {"boxes": 1000, "kept": 431, "speedup": 2.2}], {"repeats": 20}, path)
+    common.record("train_step", [{"image_size": 512, "batch": 1, "speedup": 0.916}], {}, path)
+    return path
+
+
+def test_report_renders_targets_and_writes_between_markers(tmp_path):
+    path = _results(tmp_path)
+    text = report.render(path)
+    assert "| NMS 12,000 -> 1,000 boxes | 80.50x | 10.0x | yes |" in text
+    assert "| train step 512 px, batch 1 | 0.92x | 1.0x | no |" in text
+    assert "NMS 1,000" not in text  # not a target
+    assert "Settings: repeats: 20" in text and "jax " in text
+    markdown = tmp_path / "B.md"
+    markdown.write_text(f"# prose\n{report.BEGIN}\nold\n{report.END}\nmore prose\n")
+    report.write(str(markdown), text)
+    report.write(str(markdown), text)  # again: the same file
+    content = markdown.read_text()
+    assert content == f"# prose\n{report.BEGIN}\n\n{text}\n{report.END}\nmore prose\n"
+    with pytest.raises(ValueError, match="needs one line"):
+        report.write(str(tmp_path / "r.json"), text)
+
+
+def test_run_all_report_only_writes_markdown(tmp_path, monkeypatch, capsys):
+    path = _results(tmp_path)
+    monkeypatch.setattr(common, "results_path", lambda machine=None: path)
+    markdown = tmp_path / "B.md"
+    markdown.write_text(f"{report.BEGIN}\n{report.END}\n")
+    run_all.main(["--report_only", "--write", str(markdown)])
+    assert report.render(path) in markdown.read_text()
+    run_all.main(["--report_only"])
+    assert "### targets" in capsys.readouterr().out

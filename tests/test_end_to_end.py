@@ -90,3 +90,57 @@ def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
   assert step_a == step_b == 2 * epoch
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _ground_truth(rng):
+  """Six images of persons (category 1) and cars (2), a crowd of persons in
+  image 2, no box in image 0."""
+  images = [{"id": i, "width": 400, "height": 300} for i in range(6)]
+  anns = []
+  for image_id in range(1, 6):
+    for j, category_id in enumerate((1, 1, 1, 2)):
+      x, y = rng.uniform(0, 250), rng.uniform(0, 150)
+      w, h = rng.uniform(10, 150), rng.uniform(10, 150)
+      anns.append({"id": len(anns) + 1, "image_id": image_id,
+                   "category_id": category_id, "bbox": [x, y, w, h],
+                   "area": w * h, "iscrowd": int(image_id == 2 and j == 0)})
+  gt = COCO()
+  gt.dataset = {"images": images, "annotations": anns,
+                "categories": [{"id": 1, "name": "person"},
+                               {"id": 2, "name": "car"}]}
+  gt.createIndex()
+  return gt
+
+
+def test_proposal_recall_equals_plain_cocoeval():
+  rng = np.random.default_rng(0)
+  gt = _ground_truth(rng)
+  k = 1000
+  # Proposals around every box (IoU from ~0.3 to ~1), among random ones,
+  # scores with ties: the matchable ones are scattered over the ranks.
+  boxes = rng.uniform(0, 200, (6, k, 2))
+  boxes = np.concatenate([boxes, boxes + rng.uniform(5, 200, (6, k, 2))], -1)
+  for image_id in range(1, 6):
+    for j, ann in enumerate(gt.imgToAnns[image_id]):
+      x, y, w, h = ann["bbox"]
+      jitter = rng.normal(0, 0.15, (40, 4)) * [w, h, w, h]
+      boxes[image_id, 40 * j:40 * (j + 1)] = [x, y, x + w, y + h] + jitter
+  boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2] + 1)
+  scores = np.round(rng.uniform(0, 1, (6, k)), 2)
+  valid = rng.uniform(size=(6, k)) < 0.9
+  valid[5] = False  # an image with persons and no proposal
+  props = eval_lib.Proposals(np.arange(6), boxes, scores, valid)
+  image_ids = list(range(6))
+
+  for limits, padded in (((100, 300, 1000), [100, 300, 1000]),
+                         ((10, 50), [10, 10, 50])):
+    ev = COCOeval(gt, gt.loadRes(coco_eval.to_array(
+        props.image_ids, boxes, scores, valid, 1)), iouType="bbox")
+    ev.params.catIds, ev.params.imgIds, ev.params.maxDets = [1], image_ids, padded
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    expected = {f"AR@{n}": ev.stats[6 + i] for i, n in enumerate(padded)}
+    recall = eval_lib.proposal_recall(props, gt, image_ids, 1, limits)
+    assert recall == expected
+    assert 0 < recall[f"AR@{limits[0]}"] < recall[f"AR@{limits[-1]}"]
