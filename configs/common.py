@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   model.feature = "C5"
   model.freeze = ("backbone/conv1", "backbone/bn1", "backbone/layer1")
   model.head_channels = 256
+  # P2..P6 on C2..C5 (needs feature C5), one anchor size per level, in order.
+  model.fpn = False
+  model.fpn_channels = 256
   model.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
   model.anchor_ratios = (0.5, 1.0, 2.0)
   model.anchor_offset = 0.5

@@ -57,7 +57,8 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
       pre_nms_top_k=p.pre_nms_top_k, nms_threshold=p.nms_threshold,
       post_nms_top_k=p.post_nms_top_k, min_size=p.min_size,
       weights=tuple(config.targets.box_weights),
-      clamp=tuple(config.targets.box_clamp))
+      clamp=tuple(config.targets.box_clamp),
+      level_sizes=setup_model.anchors_per_level(config))
 
   def predict(variables, batch):
     images = transforms.normalize_images(

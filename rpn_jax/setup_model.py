@@ -14,6 +14,7 @@ import numpy as np
 
 from rpn_jax import anchors as anchors_lib
 from rpn_jax import weights as weights_lib
+from rpn_jax.models import fpn as fpn_lib
 from rpn_jax.models import rpn as rpn_lib
 
 _DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
@@ -27,8 +28,25 @@ def backbone_depth(name: str) -> int:
   return _DEPTHS[name]
 
 
+def uses_fpn(model_cfg: ml_collections.ConfigDict) -> bool:
+  """`model.fpn`, checked against the keys it constrains (ValueError naming one)."""
+  # Configs saved with checkpoints from before the key existed are single-level.
+  if not model_cfg.get("fpn", False):
+    return False
+  if model_cfg.feature != "C5":
+    raise ValueError(
+        f"model.feature={model_cfg.feature!r} cannot be used with model.fpn=True: "
+        "the pyramid is built on C2..C5, set model.feature='C5'")
+  if len(model_cfg.anchor_sizes) != len(fpn_lib.LEVELS):
+    raise ValueError(
+        f"model.anchor_sizes has {len(model_cfg.anchor_sizes)} sizes; "
+        f"model.fpn=True takes one per level P2..P6 ({len(fpn_lib.LEVELS)})")
+  return True
+
+
 def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
-  """The RPN module the config describes (backbone + head)."""
+  """The RPN module the config describes (backbone [+ FPN] + head)."""
+  fpn = uses_fpn(model_cfg)
   if model_cfg.dtype not in _DTYPES:
     raise ValueError(
         f"model.dtype={model_cfg.dtype!r} is not one of {sorted(_DTYPES)}")
@@ -38,38 +56,61 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
   frozen_stages = 0
   if {"backbone/conv1", "backbone/bn1"} <= frozen:
     frozen_stages = 2 if "backbone/layer1" in frozen else 1
+  # With FPN each level has one anchor size, so a cell has one anchor per ratio.
+  sizes_per_cell = 1 if fpn else len(model_cfg.anchor_sizes)
+  pyramid = dict(fpn=True, fpn_channels=model_cfg.fpn_channels) if fpn else {}
   return rpn_lib.RPN(
       depth=backbone_depth(model_cfg.backbone),
       width=model_cfg.width,
       norm=model_cfg.norm,
       frozen_stages=frozen_stages,
       feature=model_cfg.feature,
-      num_anchors=len(model_cfg.anchor_sizes) * len(model_cfg.anchor_ratios),
+      num_anchors=sizes_per_cell * len(model_cfg.anchor_ratios),
       head_channels=model_cfg.head_channels,
+      **pyramid,
       dtype=_DTYPES[model_cfg.dtype],
   )
 
 
-def feature_hw(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(H, W) of the feature map the head runs on, for a square input canvas."""
-  stride = rpn_lib.feature_stride(config.model.feature)
-  # Every stride-2 layer of the ResNet rounds up (padding 1 or 3).
-  size = config.data.image_size
+def map_hw(image_size: int, stride: int) -> tuple[int, int]:
+  """(H, W) of the stride-`stride` map of a square `image_size` canvas."""
+  # Every stride-2 layer of the ResNet (and FPN's P6) rounds up.
+  size = image_size
   while stride > 1:
     size = math.ceil(size / 2)
     stride //= 2
   return size, size
 
 
+def anchor_levels(config: ml_collections.ConfigDict
+                  ) -> list[tuple[tuple[int, int], int, tuple[float, ...]]]:
+  """((H, W), stride, anchor sizes) of each map the head runs on, in its
+  output order: one level on model.feature with every size, or P2..P6 with
+  one size each."""
+  fpn = uses_fpn(config.model)
+  sizes = tuple(config.model.anchor_sizes)
+  per_level = [(s,) for s in sizes] if fpn else [sizes]
+  strides = rpn_lib.head_strides(config.model.feature, fpn)
+  return [(map_hw(config.data.image_size, stride), stride, level_sizes)
+          for stride, level_sizes in zip(strides, per_level)]
+
+
 def model_anchors(config: ml_collections.ConfigDict) -> np.ndarray:
-  """Anchors [H*W*A, 4] xyxy canvas pixels, in the head's output order."""
-  return anchors_lib.generate_anchors(
-      feature_hw(config),
-      rpn_lib.feature_stride(config.model.feature),
-      tuple(config.model.anchor_sizes),
-      tuple(config.model.anchor_ratios),
-      offset=config.model.anchor_offset,
-  )
+  """Anchors [N, 4] xyxy canvas pixels, in the head's output order: level by
+  level (`anchor_levels`), each in (row, column, anchor) order."""
+  return np.concatenate([
+      anchors_lib.generate_anchors(
+          hw, stride, sizes, tuple(config.model.anchor_ratios),
+          offset=config.model.anchor_offset)
+      for hw, stride, sizes in anchor_levels(config)])
+
+
+def anchors_per_level(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """How many of `model_anchors` belong to each level, in order (static; the
+  `level_sizes` of `rpn_jax.proposals.propose`)."""
+  num_ratios = len(config.model.anchor_ratios)
+  return tuple(h * w * len(sizes) * num_ratios
+               for (h, w), _, sizes in anchor_levels(config))
 
 
 def init_variables(config: ml_collections.ConfigDict, model: rpn_lib.RPN,

@@ -1,8 +1,10 @@
-"""Region Proposal Network: ResNet backbone + single-level RPN head.
+"""Region Proposal Network: ResNet backbone (+ optional FPN) + RPN head.
 
 Outputs are flattened in (row, column, anchor) order, the order of
-`rpn_jax.anchors.generate_anchors(feature_hw, feature_stride(feature), ...)`,
-so `deltas[b, i]` and `objectness[b, i]` belong to anchor `i` of that grid.
+`rpn_jax.anchors.generate_anchors(feature_hw, stride, ...)`, so `deltas[b, i]`
+and `objectness[b, i]` belong to anchor `i` of that grid. With FPN one head is
+shared by the levels P2..P6 and their outputs are laid end to end, level by
+level, in the order of `head_strides`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rpn_jax.models import fpn as fpn_lib
 from rpn_jax.models.layers import Conv
 from rpn_jax.models.resnet import ResNet
 
@@ -24,6 +27,16 @@ def feature_stride(feature: str) -> int:
     if feature not in _FEATURE_STRIDES:
         raise ValueError(f"unknown feature {feature!r}; expected one of {sorted(_FEATURE_STRIDES)}")
     return _FEATURE_STRIDES[feature]
+
+
+def head_strides(feature: str, fpn: bool) -> tuple[int, ...]:
+    """Strides of the maps the head runs on, in its output order.
+
+    P2..P6 (4..64) with FPN, else the one stride of backbone map `feature`.
+    """
+    if fpn:
+        return fpn_lib.LEVEL_STRIDES
+    return (feature_stride(feature),)
 
 
 class RPNHead(nn.Module):
@@ -62,19 +75,22 @@ class RPNHead(nn.Module):
 
 
 class RPN(nn.Module):
-    """Backbone ("backbone") + RPN head ("head") on one feature map.
+    """Backbone ("backbone") + RPN head ("head") on one feature map, or on an FPN ("fpn").
 
     Attributes:
       depth, width, norm, frozen_stages: ResNet settings (see `ResNet`).
-      feature: backbone map the head reads, "C5" (stride 32) or "C4" (stride 16);
-        stages above it are not built.
-      num_anchors: anchors per feature-map cell (A).
+      feature: backbone map the head reads, "C2".."C5" (stride 4..32); stages
+        above it are not built. Must be "C5" with `fpn`.
+      num_anchors: anchors per feature-map cell (A), on every level.
       head_channels: channels of the head's 3x3 conv.
+      fpn: build P2..P6 on C2..C5 (`FPN`) and run one shared head on each level.
+      fpn_channels: channels of the pyramid levels.
       dtype: computation dtype; params and outputs are float32.
 
     `__call__(images [B, S, S, 3] float32 normalised, train=False)` returns
-    {"objectness": [B, H*W*A] logits, "deltas": [B, H*W*A, 4]}, H = W = S / stride
-    (each stride-2 layer rounds up, as in torchvision).
+    {"objectness": [B, N] logits, "deltas": [B, N, 4]}, N = sum over the head's
+    maps (`head_strides`) of H*W*A with H = W = S / stride (each stride-2 layer
+    rounds up, as in torchvision).
     """
 
     depth: int = 50
@@ -84,11 +100,15 @@ class RPN(nn.Module):
     feature: str = "C5"
     num_anchors: int = 15
     head_channels: int = 256
+    fpn: bool = False
+    fpn_channels: int = 256
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, images: jnp.ndarray, train: bool = False) -> dict[str, jnp.ndarray]:
         feature_stride(self.feature)  # validates the name
+        if self.fpn and self.feature != "C5":
+            raise ValueError(f"FPN reads C2..C5: feature must be 'C5', got {self.feature!r}")
         num_stages = int(self.feature[1:]) - 1  # "C5" is layer4's output
         features = ResNet(
             depth=self.depth,
@@ -99,9 +119,13 @@ class RPN(nn.Module):
             dtype=self.dtype,
             name="backbone",
         )(images, train)
-        return RPNHead(self.num_anchors, self.head_channels, self.dtype, name="head")(
-            features[self.feature]
-        )
+        head = RPNHead(self.num_anchors, self.head_channels, self.dtype, name="head")
+        if not self.fpn:
+            return head(features[self.feature])
+        pyramid = fpn_lib.FPN(self.fpn_channels, self.dtype, name="fpn")(features)
+        # One module called on every level: its params are shared, as torchvision's RPNHead.
+        outputs = [head(pyramid[level]) for level in fpn_lib.LEVELS]
+        return {key: jnp.concatenate([o[key] for o in outputs], axis=1) for key in outputs[0]}
 
 
 def init_module(module: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) -> dict[str, Any]:
@@ -120,6 +144,7 @@ def init_module(module: nn.Module, key: jax.Array, *inputs: Any, **kwargs: Any) 
 def init_rpn(model: RPN, key: jax.Array, image_size: int) -> dict[str, Any]:
     """Variables {"params": {"backbone", "head"}, "batch_stats": {"backbone"}} for `model`.
 
+    "params" also holds "fpn" when `model.fpn`.
     "batch_stats" is present for the BatchNorm norms, absent for "gn".
     """
     return init_module(
