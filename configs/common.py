@@ -75,6 +75,7 @@ def base_config() -> ml_collections.ConfigDict:
   train.epochs = 24
   train.batch_size = 8
   train.max_steps = 0  # 0 = no cap
+  train.optimizer = "sgd"  # sgd | adamw
   train.learning_rate = 0.01
   train.momentum = 0.9
   train.weight_decay = 1e-4

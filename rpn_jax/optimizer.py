@@ -1,9 +1,11 @@
-"""SGD with PyTorch semantics, learning-rate schedules and frozen parameters.
+"""SGD with PyTorch semantics (or AdamW), learning-rate schedules and frozen parameters.
 
 `make_optimizer` reproduces torch.optim.SGD(lr, momentum, weight_decay): the decay
 term is added to the gradient before the momentum buffer, buf = m * buf + g,
-p -= lr * buf. Frozen parameters go through `optax.set_to_zero` inside
-`optax.multi_transform`, so they get no update and carry no momentum buffer.
+p -= lr * buf. `train.optimizer="adamw"` is torch.optim.AdamW instead (decoupled
+decay), for short from-scratch recipes. Frozen parameters go through
+`optax.set_to_zero` inside `optax.multi_transform`, so they get no update and
+carry no optimizer state.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import optax
 from flax import traverse_util
 
 SCHEDULES = ("constant", "warmup_step")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def _matches(path: str, pattern: str) -> bool:
@@ -77,9 +80,12 @@ def make_optimizer(
     *,
     batch_stats: Any = None,
 ) -> optax.GradientTransformation:
-    """SGD + momentum + L2 weight decay (torch.optim.SGD semantics) on the unfrozen params.
+    """The configured optimizer on the unfrozen params.
 
-    Uses train_cfg.learning_rate / momentum / weight_decay / schedule (see
+    train_cfg.optimizer "sgd": SGD + momentum + L2 weight decay (torch.optim.SGD
+    semantics); "adamw": Adam (betas 0.9, 0.999, eps 1e-8) with decoupled weight
+    decay lr * weight_decay * p (torch.optim.AdamW semantics); `momentum` is then
+    unused. Both use train_cfg.learning_rate / weight_decay / schedule (see
     `make_schedule`). Leaves matched by `freeze_patterns` (see `freeze_mask`, which
     also explains `batch_stats`) get zero updates and no optimizer state.
     """
@@ -87,8 +93,16 @@ def make_optimizer(
         lambda frozen: "frozen" if frozen else "trainable",
         freeze_mask(params, freeze_patterns, batch_stats=batch_stats),
     )
-    sgd = optax.chain(
-        optax.add_decayed_weights(train_cfg.weight_decay),
-        optax.sgd(make_schedule(train_cfg), momentum=train_cfg.momentum),
-    )
-    return optax.multi_transform({"trainable": sgd, "frozen": optax.set_to_zero()}, labels)
+    schedule = make_schedule(train_cfg)
+    if train_cfg.optimizer == "sgd":
+        trainable = optax.chain(
+            optax.add_decayed_weights(train_cfg.weight_decay),
+            optax.sgd(schedule, momentum=train_cfg.momentum),
+        )
+    elif train_cfg.optimizer == "adamw":
+        trainable = optax.adamw(schedule, b1=0.9, b2=0.999, eps=1e-8,
+                                weight_decay=train_cfg.weight_decay)
+    else:
+        raise ValueError(
+            f"train.optimizer={train_cfg.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    return optax.multi_transform({"trainable": trainable, "frozen": optax.set_to_zero()}, labels)

@@ -1,4 +1,4 @@
-"""Optimizer: freeze masks, schedules, and torch.optim.SGD semantics."""
+"""Optimizer: freeze masks, schedules, and torch.optim.SGD / AdamW semantics."""
 
 import jax
 import jax.numpy as jnp
@@ -13,6 +13,7 @@ from rpn_jax.optimizer import freeze_mask, make_optimizer, make_schedule
 
 def cfg(**overrides) -> ml_collections.ConfigDict:
     base = dict(
+        optimizer="sgd",
         learning_rate=0.1,
         momentum=0.9,
         weight_decay=1e-4,
@@ -91,9 +92,11 @@ def test_matches_torch_sgd(weight_decay):
     )
 
 
-def test_frozen_leaves_get_no_update_and_no_state():
+@pytest.mark.parametrize("optimizer, buffers_per_leaf", [("sgd", 1), ("adamw", 2)])
+def test_frozen_leaves_get_no_update_and_no_state(optimizer, buffers_per_leaf):
+    """Frozen leaves: zero updates and no momentum buffer (sgd) or Adam mu/nu (adamw)."""
     params = toy_params()
-    tx = make_optimizer(cfg(), params, ["backbone/conv1", "backbone/layer1"])
+    tx = make_optimizer(cfg(optimizer=optimizer), params, ["backbone/conv1", "backbone/layer1"])
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     for _ in range(2):
@@ -103,7 +106,44 @@ def test_frozen_leaves_get_no_update_and_no_state():
     assert np.all(np.asarray(updates["backbone"]["layer1"]["0"]["conv1"]["kernel"]) == 0)
     assert np.all(np.asarray(updates["backbone"]["layer10"]["kernel"]) != 0)
     buffers = [x for x in jax.tree.leaves(state) if getattr(x, "ndim", 0) > 0]
-    assert sorted(b.shape for b in buffers) == sorted([(2, 2), (3, 3, 4, 2), (2,)])
+    trainable = [(2, 2), (3, 3, 4, 2), (2,)]
+    assert sorted(b.shape for b in buffers) == sorted(trainable * buffers_per_leaf)
+
+
+@pytest.mark.parametrize("weight_decay", [1e-4, 0.5])
+def test_adamw_matches_torch_adamw(weight_decay):
+    """Five steps with different gradients on a two-leaf tree, constant schedule.
+
+    The large decay makes its decoupled form (lr * weight_decay * p, not added to the
+    gradient) matter.
+    """
+    rng = np.random.default_rng(2)
+    w0 = {"a": rng.normal(size=(4, 3)).astype(np.float32),
+          "b": rng.normal(size=(3,)).astype(np.float32)}
+    grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in w0.items()}
+             for _ in range(5)]
+
+    weights = {k: torch.nn.Parameter(torch.from_numpy(v.copy())) for k, v in w0.items()}
+    torch_opt = torch.optim.AdamW(list(weights.values()), lr=0.01, betas=(0.9, 0.999),
+                                  eps=1e-8, weight_decay=weight_decay)
+    params = {k: jnp.asarray(v) for k, v in w0.items()}
+    tx = make_optimizer(cfg(optimizer="adamw", learning_rate=0.01, weight_decay=weight_decay),
+                        params, [])
+    state = tx.init(params)
+    for step, g in enumerate(grads):
+        for k, w in weights.items():
+            w.grad = torch.from_numpy(g[k].copy())
+        torch_opt.step()
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+        params = optax.apply_updates(params, updates)
+        for k, w in weights.items():
+            np.testing.assert_allclose(np.asarray(params[k]), w.detach().numpy(),
+                                       rtol=1e-5, atol=1e-6, err_msg=f"step {step} leaf {k}")
+
+
+def test_unknown_optimizer():
+    with pytest.raises(ValueError, match=r"train\.optimizer.*'lamb'"):
+        make_optimizer(cfg(optimizer="lamb"), toy_params(), [])
 
 
 def test_constant_schedule():

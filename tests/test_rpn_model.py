@@ -82,6 +82,7 @@ def test_flatten_order_is_row_column_anchor():
 def train_cfg() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
+            optimizer="sgd",
             learning_rate=0.1,
             momentum=0.9,
             weight_decay=1e-4,
