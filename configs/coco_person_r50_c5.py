@@ -1,7 +1,8 @@
 """The seed's week-7 recipe (seed/PROTOCOL.md): R50-C5 person RPN on COCO 2017.
 
 Table to reproduce on val2017 person images: AP 0.311, AP50 0.657, AR100 0.407.
-Run with ImageNet weights converted by `python -m rpn_jax.weights`:
+Run with ImageNet weights converted by `python -m rpn_jax.weights --norm bn`
+(the norm must match model.norm below):
 
   python train.py --config configs/coco_person_r50_c5.py \
     --config.data.coco_dir=/data/coco --config.model.pretrained=r50.npz

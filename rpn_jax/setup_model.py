@@ -119,6 +119,6 @@ def init_variables(config: ml_collections.ConfigDict, model: rpn_lib.RPN,
   `model.pretrained` names a file."""
   variables = dict(rpn_lib.init_rpn(model, key, config.data.image_size))
   if config.model.pretrained:
-    backbone = weights_lib.load_variables(config.model.pretrained)
-    variables = weights_lib.graft_backbone(variables, backbone)
+    variables = weights_lib.graft_pretrained(
+        variables, config.model.pretrained, config.model.norm)
   return variables

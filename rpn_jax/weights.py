@@ -26,6 +26,7 @@ from flax import traverse_util
 from rpn_jax.models.resnet import ResNet
 
 ARCH_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
+NORMS = ("frozen_bn", "bn")  # the ResNet norms torchvision weights convert to
 # Flax leaf name -> torchvision tensor name.
 _TORCH_LEAF = {
     "kernel": "weight",
@@ -72,7 +73,7 @@ def convert_torchvision_resnet(
     """
     if arch not in ARCH_DEPTHS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCH_DEPTHS)}")
-    if norm not in ("frozen_bn", "bn"):
+    if norm not in NORMS:
         raise ValueError(f"norm {norm!r} has no torchvision weights; use 'frozen_bn' or 'bn'")
     model = ResNet(depth=ARCH_DEPTHS[arch], norm=norm)
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
@@ -161,6 +162,27 @@ def load_variables(path: str | os.PathLike) -> dict[str, Any]:
         return traverse_util.unflatten_dict({key: data[key] for key in data.files}, sep="/")
 
 
+def graft_pretrained(
+    rpn_variables: Mapping[str, Any], path: str | os.PathLike, norm: str
+) -> dict[str, Any]:
+    """`graft_backbone` with the variables in the .npz at `path`, for a model with `norm`.
+
+    A file converted for the other norm (the stem's BatchNorm `bn1` has params for
+    "bn", only batch_stats for "frozen_bn") is a ValueError naming the file and the
+    `--norm` to convert it with, before grafting would fail on a missing key.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"{path}: model.norm={norm!r} has no torchvision weights; use one of {NORMS}")
+    backbone = load_variables(path)
+    converted = "bn" if "bn1" in backbone.get("params", {}) else "frozen_bn"
+    if converted != norm:
+        raise ValueError(
+            f"{path} holds norm={converted!r} weights but model.norm={norm!r}; convert them "
+            f"with `python -m rpn_jax.weights --norm {norm}`"
+        )
+    return graft_backbone(rpn_variables, backbone)
+
+
 def _torch_state_dict(arch: str, pth: str | None) -> dict[str, np.ndarray]:
     """State dict from a .pth file, or torchvision's IMAGENET1K_V1 download."""
     import torch  # noqa: PLC0415  (optional dependency: CLI only)
@@ -185,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--from-pth", default=None, help="torchvision state_dict file; default: download"
     )
-    parser.add_argument("--norm", default="frozen_bn", choices=["frozen_bn", "bn"])
+    parser.add_argument("--norm", default="frozen_bn", choices=NORMS)
     args = parser.parse_args(argv)
     variables = convert_torchvision_resnet(
         _torch_state_dict(args.arch, args.from_pth), args.arch, args.norm

@@ -1,5 +1,7 @@
 """torchvision -> Flax weight conversion: layout, strictness, npz round trip, grafting, CLI."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,10 +9,12 @@ import pytest
 import torch
 import torchvision
 
+from rpn_jax import setup_model
 from rpn_jax.models.rpn import RPN
 from rpn_jax.weights import (
     convert_torchvision_resnet,
     graft_backbone,
+    graft_pretrained,
     load_variables,
     main,
     save_variables,
@@ -140,6 +144,31 @@ def test_graft_mismatch_names_the_key(r18_state):
     extra["params"]["layer1"]["0"]["conv9"] = {"kernel": np.zeros((1, 1, 1, 1))}
     with pytest.raises(ValueError, match="params/layer1/0/conv9/kernel"):
         graft_backbone(rpn_shapes(), extra)
+
+
+@pytest.mark.parametrize("converted, model_norm", [("frozen_bn", "bn"), ("bn", "frozen_bn")])
+def test_graft_pretrained_norm_mismatch_names_file_and_flag(r18_state, tmp_path, converted,
+                                                            model_norm):
+    """Weights converted for the other norm: one line naming the npz and the --norm to use."""
+    path = tmp_path / "r18.npz"
+    save_variables(path, convert_torchvision_resnet(r18_state, "resnet18", norm=converted))
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} .*--norm {model_norm}`$"):
+        graft_pretrained(rpn_shapes(norm=model_norm), path, model_norm)
+    with pytest.raises(ValueError, match=r"model\.norm='gn'"):
+        graft_pretrained(rpn_shapes(norm="gn"), path, "gn")
+    grafted = graft_pretrained(rpn_shapes(norm=converted), path, converted)
+    np.testing.assert_array_equal(grafted["batch_stats"]["backbone"]["bn1"]["mean"],
+                                  r18_state["bn1.running_mean"])
+
+
+def test_init_variables_with_weights_for_the_other_norm(r18_state, tmp_path, tiny):
+    """The README slip: a model.norm="bn" recipe given an npz converted without --norm bn."""
+    path = tmp_path / "r18.npz"
+    save_variables(path, convert_torchvision_resnet(r18_state, "resnet18"))
+    tiny.model.pretrained = str(path)
+    model = setup_model.build_model(tiny.model)
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))} .*--norm bn`$"):
+        setup_model.init_variables(tiny, model, jax.random.key(0))
 
 
 def test_cli_from_pth(r18_state, tmp_path):
