@@ -159,9 +159,16 @@ def test_missing_random_access_copy_is_a_clear_error(cache):
     raise NotImplementedError("Random access data source for file format "
                               "FileFormat.TFRECORD is not supported.")
 
+  advice = ("tfds.builder('coco/2017', data_dir='/data/tfds',"
+            " file_format='array_record').download_and_prepare()")
   with tfds.testing.mock_data(as_data_source_fn=no_array_record):
-    with pytest.raises(FileNotFoundError, match="array_record.*/data/tfds"):
+    with pytest.raises(FileNotFoundError, match="array_record.*/data/tfds") as err:
       tfds_coco.TfdsCocoDataset("train", data_dir="/data/tfds")
+  assert str(err.value).endswith(advice)
+  with tfds.testing.mock_data(as_data_source_fn=no_array_record):
+    with pytest.raises(FileNotFoundError, match="default tfds data_dir") as err:
+      tfds_coco.TfdsCocoDataset("train")
+  assert str(err.value).endswith(advice.replace(" data_dir='/data/tfds',", ""))
 
 
 def test_gpu_is_hidden_from_tensorflow(monkeypatch):

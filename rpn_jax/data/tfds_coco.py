@@ -1,9 +1,10 @@
 """tensorflow-datasets `coco/2017` as a random-access person dataset.
 
 Random access comes from `tfds.data_source`, which needs the dataset prepared
-in the array_record format:
+in the array_record format, through the Python API (the `tfds build` CLI needs
+apache_beam for this):
 
-    tfds build coco/2017 --file_format=array_record [--data_dir DIR]
+    tfds.builder('coco/2017', data_dir=DIR, file_format='array_record').download_and_prepare()
 
 TensorFlow is imported only when this source is used (it is an optional
 extra: `pip install -e '.[tfds]'`), with GPUs hidden from it so it leaves the
@@ -116,8 +117,9 @@ class TfdsCocoDataset:
     except NotImplementedError:
       raise FileNotFoundError(
           f"tfds {name} has no random-access (array_record) copy in {where};"
-          f" build one: tfds build {name} --file_format=array_record"
-          f"{' --data_dir=' + data_dir if data_dir else ''}") from None
+          f" build one: tfds.builder({name!r}"
+          f"{f', data_dir={data_dir!r}' if data_dir else ''},"
+          f" file_format='array_record').download_and_prepare()") from None
     info = self._source.dataset_info
     description = f"tfds {name} {self.split}"
     # Keyed by where the prepared data really is (tfds resolves the default).
