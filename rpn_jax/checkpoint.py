@@ -3,6 +3,10 @@
 Layout of a workdir:
   config.json            the resolved config of the run (evaluate.py reads it)
   checkpoints/<step>/    orbax checkpoints, written asynchronously
+
+A config.json written before a key existed (model.fpn, train.optimizer, ...)
+reads as if it held that key's `configs.common.base_config()` default: the
+behaviour the run had.
 """
 
 import json
@@ -13,6 +17,8 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from configs import common
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -33,6 +39,23 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def _fill_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+  """`saved` with each key it lacks (at any depth) taken from `defaults`."""
+  out = dict(saved)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict):
+      out[k] = _fill_defaults(out[k], v)
+  return out
+
+
+def _with_base_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config dict completed with the base_config() defaults of keys
+  added since it was written."""
+  return _fill_defaults(saved, common.base_config().to_dict())
+
+
 def _model_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
   flat = _flatten(json.loads(json.dumps(config_dict)))
   return {k: v for k, v in flat.items()
@@ -42,20 +65,22 @@ def _model_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
 
 def config_mismatch(saved: dict[str, Any], config: ml_collections.ConfigDict
                     ) -> list[str]:
-  """Keys (dotted) whose model settings differ between `saved` and `config`."""
-  a = _model_settings(saved)
+  """Keys (dotted) whose model settings differ between `saved` and `config`;
+  a key missing from `saved` counts as its base_config() default."""
+  a = _model_settings(_with_base_defaults(saved))
   b = _model_settings(config.to_dict())
   return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in `workdir` (error naming the path if absent)."""
+  """The config a run saved in `workdir` (error naming the path if absent),
+  with keys added since it was saved set to their base_config() defaults."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a rpn_jax "
                             "training directory (train.py --workdir ...)")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(_with_base_defaults(json.load(f)))
 
 
 def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -64,7 +89,7 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.isfile(path):
     with open(path) as f:
-      saved = json.load(f)
+      saved = _with_base_defaults(json.load(f))
     diff = config_mismatch(saved, config)
     if diff:
       details = ", ".join(

@@ -114,6 +114,47 @@ def test_resume_under_another_model_config_names_the_keys(tiny, tmp_path):
     eval_lib.restore_variables(tiny, str(tmp_path))
 
 
+_KEYS_ADDED_LATER = (("model", "fpn"), ("model", "fpn_channels"), ("train", "optimizer"))
+
+
+def _write_old_config(tiny, workdir):
+  """config.json as a run saved it before the keys in _KEYS_ADDED_LATER existed."""
+  saved = tiny.to_dict()
+  for group, key in _KEYS_ADDED_LATER:
+    del saved[group][key]
+  with open(os.path.join(workdir, checkpoint_lib.CONFIG_FILE), "w") as f:
+    json.dump(saved, f)
+  return saved
+
+
+def test_keys_missing_from_an_old_config_count_as_their_defaults(tiny, tmp_path):
+  saved = _write_old_config(tiny, str(tmp_path))
+  assert checkpoint_lib.config_mismatch(saved, tiny) == []
+  loaded = checkpoint_lib.load_config(str(tmp_path))
+  assert (loaded.model.fpn, loaded.model.fpn_channels, loaded.train.optimizer) == (
+      False, 256, "sgd")
+  checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
+  _write_old_config(tiny, str(tmp_path))
+  tiny.model.fpn = True  # a real difference from the default the old run had
+  with pytest.raises(ValueError, match="model.fpn: saved False vs True"):
+    checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
+
+
+def test_old_config_restores_for_evaluation(tiny, tmp_path):
+  """evaluate.py's path: load_config of an old config.json, then restore_variables."""
+  _, _, state = _tiny_state(tiny)
+  state = state.replace(step=jnp.asarray(3, state.step.dtype),
+                        params=jax.tree.map(lambda p: p + 1, state.params))
+  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / checkpoint_lib.CHECKPOINT_DIR))
+  ckpt.save(3, state, force=True)
+  ckpt.close()
+  _write_old_config(tiny, str(tmp_path))
+  variables, step = eval_lib.restore_variables(
+      checkpoint_lib.load_config(str(tmp_path)), str(tmp_path))
+  assert step == 3
+  assert jax.tree.all(jax.tree.map(np.array_equal, variables["params"], state.params))
+
+
 def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes(tmp_path):
   workdir = str(tmp_path / "run")
   args = [sys.executable, "train.py", "--config=tests/tiny_config.py",
