@@ -37,8 +37,8 @@ def _saved_config():
     elif arg == "--ckpt" and i + 1 < len(sys.argv):
       ckpt = sys.argv[i + 1]
   if ckpt is None:
-    from configs import common
-    return common.base_config()
+    from rpn_jax import defaults
+    return defaults.base_config()
   with cli.one_line_errors():
     return checkpoint_lib.load_config(ckpt)
 

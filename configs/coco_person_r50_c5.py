@@ -10,11 +10,11 @@ Run with ImageNet weights converted by `python -m rpn_jax.weights --norm bn`
 
 import ml_collections
 
-from configs import common
+from rpn_jax import defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = common.base_config()
+  config = defaults.base_config()
   config.data.source = "coco_dir"  # or tfds on Colab
   config.data.train_split = "train2017"
   config.data.val_split = "val2017"

@@ -5,7 +5,7 @@ Layout of a workdir:
   checkpoints/<step>/    orbax checkpoints, written asynchronously
 
 A config.json written before a key existed (model.fpn, train.optimizer, ...)
-reads as if it held that key's `configs.common.base_config()` default: the
+reads as if it held that key's `configs.defaults.base_config()` default: the
 behaviour the run had.
 """
 
@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from configs import common
+from rpn_jax import defaults
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -53,7 +53,7 @@ def _fill_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
 def _with_base_defaults(saved: dict[str, Any]) -> dict[str, Any]:
   """A saved config dict completed with the base_config() defaults of keys
   added since it was written."""
-  return _fill_defaults(saved, common.base_config().to_dict())
+  return _fill_defaults(saved, defaults.base_config().to_dict())
 
 
 def _model_settings(config_dict: dict[str, Any]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ def rpn_losses(
     *,
     normalizer: Union[float, jax.Array],
     beta: float = 1.0,
+    box_weight: float = 1.0,
 ) -> Dict[str, jax.Array]:
     """Objectness and box regression losses of a batch.
 
@@ -45,10 +46,12 @@ def rpn_losses(
       pos_mask, neg_mask: ``[B, N]`` bool sampled positives / negatives.
       normalizer: both sums are divided by it (the seed: batch_size * 256).
       beta: smooth-L1 beta (Python float); 0 means L1.
+      box_weight: weight of ``box`` in ``total`` (the seed: 1).
 
     Returns:
       float32 scalars ``objectness`` (BCE summed over pos | neg), ``box``
-      (smooth-L1 summed over the positives' 4 deltas) and ``total`` (their sum).
+      (smooth-L1 summed over the positives' 4 deltas), both normalised, and
+      ``total = objectness + box_weight * box``.
     """
     logits = jnp.asarray(logits, jnp.float32)
     pos = jnp.asarray(pos_mask, bool)
@@ -60,4 +63,4 @@ def rpn_losses(
     normalizer = jnp.asarray(normalizer, jnp.float32)
     objectness = objectness / normalizer
     box = box / normalizer
-    return {"objectness": objectness, "box": box, "total": objectness + box}
+    return {"objectness": objectness, "box": box, "total": objectness + box_weight * box}

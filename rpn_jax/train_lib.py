@@ -122,7 +122,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
     losses = losses_lib.rpn_losses(
         outputs["objectness"], outputs["deltas"], tgt["target_deltas"],
         tgt["pos_mask"], tgt["neg_mask"], normalizer=normalizer,
-        beta=config.targets.smooth_l1_beta)
+        beta=config.targets.smooth_l1_beta,
+        box_weight=config.targets.box_loss_weight)
     aux = dict(losses, num_pos=tgt["pos_mask"].sum(),
                num_neg=tgt["neg_mask"].sum())
     return losses["total"], (new_stats, aux)

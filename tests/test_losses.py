@@ -29,6 +29,10 @@ def test_hand_computed():
     # beta = 0 is plain L1.
     out = rpn_losses(logits, pred, target, pos, neg, normalizer=2.0, beta=0.0)
     np.testing.assert_allclose(float(out["box"]), (0.5 + 2.0 + 0.0 + 1.0) / 2, rtol=1e-6)
+    # box_weight scales the box term of the total only.
+    out = rpn_losses(logits, pred, target, pos, neg, normalizer=2.0, beta=1.0, box_weight=3.0)
+    np.testing.assert_allclose(float(out["box"]), box, rtol=1e-6)
+    np.testing.assert_allclose(float(out["total"]), objectness + 3.0 * box, rtol=1e-6)
 
 
 def test_matches_torch_on_random_batch():

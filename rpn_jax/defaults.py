@@ -1,8 +1,10 @@
 """Every key every recipe has, with the seed protocol's values where it fixes one.
 
-Recipes in this folder start from `base_config()` and override what differs, so
+Recipes in `configs/` start from `base_config()` and override what differs, so
 a key that exists in one config exists in all of them (and an override of a key
-that does not exist is an error naming it).
+that does not exist is an error naming it). It lives in the package, not in
+`configs/`, because restoring a checkpoint fills keys that an older run's saved
+config lacks from these defaults.
 """
 
 import math
@@ -64,6 +66,7 @@ def base_config() -> ml_collections.ConfigDict:
   targets.box_weights = (1.0, 1.0, 1.0, 1.0)
   targets.box_clamp = SEED_BOX_CLAMP
   targets.smooth_l1_beta = 1.0
+  targets.box_loss_weight = 1.0
 
   config.proposals = proposals = ml_collections.ConfigDict()
   proposals.pre_nms_top_k = 12000
