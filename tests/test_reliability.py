@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rpn_jax import checkpoint as checkpoint_lib
+from rpn_jax import defaults
 from rpn_jax import eval_lib
 from rpn_jax import setup_model
 from rpn_jax import train_lib
@@ -118,7 +119,13 @@ _KEYS_ADDED_LATER = (("model", "fpn"), ("model", "fpn_channels"), ("train", "opt
 
 
 def _write_old_config(tiny, workdir):
-  """config.json as a run saved it before the keys in _KEYS_ADDED_LATER existed."""
+  """config.json as a run saved it before the keys in _KEYS_ADDED_LATER existed.
+
+  Such a run behaved as those keys' defaults, so `tiny` is set to them first.
+  """
+  base = defaults.base_config()
+  for group, key in _KEYS_ADDED_LATER:
+    tiny[group][key] = base[group][key]
   saved = tiny.to_dict()
   for group, key in _KEYS_ADDED_LATER:
     del saved[group][key]
@@ -175,7 +182,7 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes(tmp_path):
   steps = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
   assert steps and steps[-1] >= 3
 
-  resumed = subprocess.run(args[:-2] + ["--config.train.max_steps=" + str(steps[-1] + 2)],
+  resumed = subprocess.run(args[:-1] + ["--config.train.max_steps=" + str(steps[-1] + 2)],
                            cwd=ROOT, capture_output=True, text=True, timeout=600,
                            env=dict(os.environ))
   assert resumed.returncode == 0, resumed.stderr[-3000:]
