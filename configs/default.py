@@ -6,13 +6,15 @@ mode and nothing is frozen (frozen BN is for converted ImageNet weights).
 What differs from the seed's recipe (PROTOCOL.md), and why:
 - the synthetic images are drawn at 144-192 px, the canvas size, so nothing
   is shrunk and the smallest persons keep their 12 px;
-- an FPN (P2-P6, 64 channels, one anchor size per level, 16-256 px) instead
+- an FPN (P2-P6, 32 channels, one anchor size per level, 16-256 px) instead
   of the single C5 map, whose 32 px cells would give a 6x6 grid here;
 - anchors with IoU >= 0.5 are positive (at 0.7 the sparse anchors leave about
   one positive per person, which a few minutes of training cannot learn);
 - AdamW instead of SGD and an L1 box loss instead of smooth-L1 with beta 1:
   both learn far faster from random weights (measured on this set: AdamW
-  took AP from 0.010 to 0.058 and L1 to 0.066 at 666 steps).
+  took AP from 0.010 to 0.058 and L1 to 0.066 at 666 steps);
+- 32 channels in the FPN and head: cheap enough for 13 epochs in the CPU
+  budget, which beat 64 channels for 9 epochs (AP 0.194 vs 0.167).
 """
 
 import ml_collections
@@ -34,8 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm = "bn"
   config.model.feature = "C5"
   config.model.fpn = True
-  config.model.fpn_channels = 64
-  config.model.head_channels = 64
+  config.model.fpn_channels = 32
+  config.model.head_channels = 32
   config.model.freeze = ()
   config.model.anchor_sizes = (16.0, 32.0, 64.0, 128.0, 256.0)
   config.targets.high_threshold = 0.5
@@ -43,12 +45,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.proposals.pre_nms_top_k = 2000
   config.proposals.post_nms_top_k = 1000
   config.train.optimizer = "adamw"
-  config.train.epochs = 9
+  config.train.epochs = 13
   config.train.batch_size = 16
   config.train.learning_rate = 0.002
   config.train.schedule = "warmup_step"
   config.train.warmup_steps = 100
-  config.train.decay_steps = (850,)
+  config.train.decay_steps = (1250,)
   config.train.checkpoint_every_steps = 250
   config.eval.batch_size = 16
   return config
