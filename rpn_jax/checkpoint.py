@@ -5,7 +5,7 @@ Layout of a workdir:
   checkpoints/<step>/    orbax checkpoints, written asynchronously
 
 A config.json written before a key existed (model.fpn, train.optimizer, ...)
-reads as if it held that key's `configs.defaults.base_config()` default: the
+reads as if it held that key's `rpn_jax.defaults.base_config()` default: the
 behaviour the run had.
 """
 

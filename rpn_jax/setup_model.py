@@ -30,8 +30,7 @@ def backbone_depth(name: str) -> int:
 
 def uses_fpn(model_cfg: ml_collections.ConfigDict) -> bool:
   """`model.fpn`, checked against the keys it constrains (ValueError naming one)."""
-  # Configs saved with checkpoints from before the key existed are single-level.
-  if not model_cfg.get("fpn", False):
+  if not model_cfg.fpn:
     return False
   if model_cfg.feature != "C5":
     raise ValueError(
