@@ -38,6 +38,12 @@ def build(config: ml_collections.ConfigDict) -> tuple[torch.nn.Module, RegionPro
     if config.model.feature != "C5" or config.model.norm != "frozen_bn":
         raise ValueError("the torchvision reference is built for model.feature='C5', "
                          "model.norm='frozen_bn'")
+    t = config.targets
+    if (tuple(config.model.anchor_scales) != (1.0,) or t.objectness_loss != "bce"
+            or t.box_loss != "smooth_l1" or t.num_samples <= 0 or t.normalizer != "samples"):
+        raise ValueError("the torchvision reference has the seed's anchors and losses only: "
+                         "model.anchor_scales=(1,), targets.objectness_loss='bce', "
+                         "targets.box_loss='smooth_l1', sampled anchors, normalizer='samples'")
     torch.manual_seed(0)
     resnet = torchvision.models.get_model(
         config.model.backbone, weights=None, norm_layer=torchvision.ops.FrozenBatchNorm2d)
@@ -64,7 +70,7 @@ def build(config: ml_collections.ConfigDict) -> tuple[torch.nn.Module, RegionPro
                                       padding=1)
     torch.nn.init.normal_(head.conv[0][0].weight, std=0.01)
     torch.nn.init.zeros_(head.conv[0][0].bias)
-    t, p = config.targets, config.proposals
+    p = config.proposals
     rpn = RegionProposalNetwork(
         AnchorGenerator((sizes,), (ratios,)),
         head,

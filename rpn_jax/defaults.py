@@ -48,11 +48,14 @@ def base_config() -> ml_collections.ConfigDict:
   model.feature = "C5"
   model.freeze = ("backbone/conv1", "backbone/bn1", "backbone/layer1")
   model.head_channels = 256
+  model.objectness_prior = 0.5  # initial objectness probability (0.5: zero bias)
   # P2..P6 on C2..C5 (needs feature C5), one anchor size per level, in order.
   model.fpn = False
   model.fpn_channels = 256
   model.anchor_sizes = (32.0, 64.0, 128.0, 256.0, 512.0)
   model.anchor_ratios = (0.5, 1.0, 2.0)
+  # Each size times each scale; RetinaNet's octave scales are (1, 2^(1/3), 2^(2/3)).
+  model.anchor_scales = (1.0,)
   model.anchor_offset = 0.5
   model.pretrained = ""  # npz written by `python -m rpn_jax.weights`
   model.dtype = "float32"
@@ -61,12 +64,19 @@ def base_config() -> ml_collections.ConfigDict:
   targets.high_threshold = 0.7
   targets.low_threshold = 0.3
   targets.crowd_ioa = 0.7
-  targets.num_samples = 256
+  targets.num_samples = 256  # anchors sampled per image; 0 = every labelled anchor
   targets.positive_fraction = 0.5
   targets.box_weights = (1.0, 1.0, 1.0, 1.0)
   targets.box_clamp = SEED_BOX_CLAMP
+  targets.box_loss = "smooth_l1"  # or "giou": 1 - GIoU of the decoded boxes
   targets.smooth_l1_beta = 1.0
   targets.box_loss_weight = 1.0
+  targets.objectness_loss = "bce"  # or "focal" (with focal_alpha, focal_gamma)
+  targets.focal_alpha = 0.25
+  targets.focal_gamma = 2.0
+  # Both losses are divided by batch_size * num_samples ("samples", the seed)
+  # or by the number of positive anchors in the batch ("positives").
+  targets.normalizer = "samples"
 
   config.proposals = proposals = ml_collections.ConfigDict()
   proposals.pre_nms_top_k = 12000

@@ -55,8 +55,9 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
   frozen_stages = 0
   if {"backbone/conv1", "backbone/bn1"} <= frozen:
     frozen_stages = 2 if "backbone/layer1" in frozen else 1
-  # With FPN each level has one anchor size, so a cell has one anchor per ratio.
-  sizes_per_cell = 1 if fpn else len(model_cfg.anchor_sizes)
+  # With FPN each level has one anchor size, so a cell has one anchor per
+  # ratio and scale.
+  sizes_per_cell = (1 if fpn else len(model_cfg.anchor_sizes)) * len(_anchor_scales(model_cfg))
   pyramid = dict(fpn=True, fpn_channels=model_cfg.fpn_channels) if fpn else {}
   return rpn_lib.RPN(
       depth=backbone_depth(model_cfg.backbone),
@@ -66,9 +67,17 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
       feature=model_cfg.feature,
       num_anchors=sizes_per_cell * len(model_cfg.anchor_ratios),
       head_channels=model_cfg.head_channels,
+      objectness_prior=model_cfg.objectness_prior,
       **pyramid,
       dtype=_DTYPES[model_cfg.dtype],
   )
+
+
+def _anchor_scales(model_cfg: ml_collections.ConfigDict) -> tuple[float, ...]:
+  scales = tuple(float(k) for k in model_cfg.anchor_scales)
+  if not scales or min(scales) <= 0:
+    raise ValueError(f"model.anchor_scales must be positive numbers, got {scales}")
+  return scales
 
 
 def map_hw(image_size: int, stride: int) -> tuple[int, int]:
@@ -85,10 +94,12 @@ def anchor_levels(config: ml_collections.ConfigDict
                   ) -> list[tuple[tuple[int, int], int, tuple[float, ...]]]:
   """((H, W), stride, anchor sizes) of each map the head runs on, in its
   output order: one level on model.feature with every size, or P2..P6 with
-  one size each."""
+  one size each; every size times each of model.anchor_scales."""
   fpn = uses_fpn(config.model)
+  scales = _anchor_scales(config.model)
   sizes = tuple(config.model.anchor_sizes)
   per_level = [(s,) for s in sizes] if fpn else [sizes]
+  per_level = [tuple(s * k for s in level for k in scales) for level in per_level]
   strides = rpn_lib.head_strides(config.model.feature, fpn)
   return [(map_hw(config.data.image_size, stride), stride, level_sizes)
           for stride, level_sizes in zip(strides, per_level)]

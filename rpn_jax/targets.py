@@ -43,16 +43,33 @@ def match_anchors(
     gt_valid = jnp.asarray(gt_valid, bool)
     if gt_boxes.shape[0] == 0:
         return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
-    iou = jnp.where(gt_valid[None, :], box_iou(anchors, gt_boxes), -1.0)  # [N, G]
-    best = jnp.max(iou, axis=1)
-    matched_idx = jnp.argmax(iou, axis=1).astype(jnp.int32)
+    # [G, N], gt boxes major: XLA's CPU reductions over the long anchor axis
+    # vectorise, where reductions over a short minor axis of G do not (4x faster).
+    iou = jnp.where(gt_valid[:, None], box_iou(gt_boxes, anchors), -1.0)
+    best = jnp.max(iou, axis=0)
+    matched_idx = _first_index_of_max(iou, best)
     labels = jnp.where(best >= high, 1, jnp.where(best < low, 0, -1)).astype(jnp.int32)
     if allow_low_quality:
-        gt_best = jnp.max(iou, axis=0)  # [G]
-        ties = (iou == gt_best[None, :]) & (gt_best[None, :] > 0) & gt_valid[None, :]
-        labels = jnp.where(jnp.any(ties, axis=1), 1, labels)
+        gt_best = jnp.max(iou, axis=1)  # [G]
+        # An anchor ties for a gt box's best IoU where iou - gt_best is 0; a gt
+        # box with best IoU 0 (or padding) gets 2, above any IoU, and so none.
+        # (A max of differences: XLA's CPU any-of-compares is 6x slower.)
+        gt_best = jnp.where((gt_best > 0) & gt_valid, gt_best, 2.0)
+        ties = jnp.max(iou - gt_best[:, None], axis=0) >= 0
+        labels = jnp.where(ties, 1, labels)
     matched_idx = jnp.where(jnp.any(gt_valid), matched_idx, 0)
     return matched_idx, labels
+
+
+def _first_index_of_max(values: jax.Array, best: jax.Array) -> jax.Array:
+    """``argmax(values [G, N], axis=0)`` given ``best = values.max(0)``: the first row attaining it.
+
+    A chain of G selects, a few times faster on CPU than XLA's variadic argmax reduction.
+    """
+    index = jnp.zeros(values.shape[1], jnp.int32)
+    for row in range(values.shape[0] - 1, -1, -1):
+        index = jnp.where(values[row] == best, row, index)
+    return index
 
 
 def _random_subset(priority: jax.Array, candidates: jax.Array, max_count: int,
@@ -77,12 +94,15 @@ def sample_labels(
     Takes up to ``int(num_samples * positive_fraction)`` positives (labels 1) and
     fills the rest of ``num_samples`` with negatives (labels 0), as torchvision's
     ``BalancedPositiveNegativeSampler``; uniform random priorities drawn from
-    ``key`` decide which.
+    ``key`` decide which. ``num_samples=0`` takes every positive and every
+    negative (no sampling: for a loss over all anchors, such as focal loss).
 
     Returns:
       ``pos_mask [N] bool``, ``neg_mask [N] bool``.
     """
     num_samples = int(num_samples)
+    if num_samples == 0:
+        return labels == 1, labels == 0
     max_pos = int(num_samples * positive_fraction)
     priority = jax.random.uniform(key, labels.shape, jnp.float32)
     is_pos = labels == 1
@@ -128,7 +148,7 @@ def rpn_targets(
     gt_crowd = jnp.asarray(gt_crowd, bool)
     matched_idx, labels = match_anchors(anchors, gt_boxes, gt_valid & ~gt_crowd, high, low)
     if gt_boxes.shape[0] > 0:
-        in_crowd = jnp.any((box_ioa(anchors, gt_boxes) >= crowd_ioa) & gt_crowd[None, :], axis=1)
+        in_crowd = jnp.any((box_ioa(anchors, gt_boxes).T >= crowd_ioa) & gt_crowd[:, None], axis=0)
         labels = jnp.where((labels == 0) & in_crowd, -1, labels)
     pos_mask, neg_mask = sample_labels(key, labels, num_samples, positive_fraction)
     positive = labels == 1

@@ -42,6 +42,11 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
+# How the summed losses are normalised: by batch_size * num_samples (the
+# seed), or by the number of positive anchors in the batch (RetinaNet).
+NORMALIZERS = ("samples", "positives")
+
+
 class NonFiniteError(RuntimeError):
   """Raised after `train.max_nonfinite_steps` consecutive non-finite steps."""
 
@@ -104,9 +109,18 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
   anchors = jnp.asarray(anchors)
   mean = tuple(config.data.mean)
   std = tuple(config.data.std)
+  if config.targets.normalizer not in NORMALIZERS:
+    raise ValueError(f"targets.normalizer must be one of {NORMALIZERS}, "
+                     f"got {config.targets.normalizer!r}")
+  by_positives = config.targets.normalizer == "positives"
+  if not by_positives and config.targets.num_samples <= 0:
+    raise ValueError("targets.num_samples=0 (every anchor) needs "
+                     "targets.normalizer='positives'")
   normalizer = float(config.train.batch_size * config.targets.num_samples)
   base_key = jax.random.key(config.seed)
   train_bn = config.model.norm == "bn"
+  box_coder = dict(weights=tuple(config.targets.box_weights),
+                   clamp=tuple(config.targets.box_clamp))
 
   def loss_fn(params, batch_stats, batch, key):
     images = transforms.normalize_images(batch["image"], mean, std)
@@ -119,11 +133,17 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
       outputs = model.apply(variables, images, train=True)
       new_stats = batch_stats
     tgt = batch_targets(config, anchors, batch, key)
+    norm = (jnp.maximum(jnp.sum(tgt["pos_mask"], dtype=jnp.float32), 1.0)
+            if by_positives else normalizer)
     losses = losses_lib.rpn_losses(
         outputs["objectness"], outputs["deltas"], tgt["target_deltas"],
-        tgt["pos_mask"], tgt["neg_mask"], normalizer=normalizer,
+        tgt["pos_mask"], tgt["neg_mask"], normalizer=norm,
         beta=config.targets.smooth_l1_beta,
-        box_weight=config.targets.box_loss_weight)
+        box_weight=config.targets.box_loss_weight,
+        box_loss=config.targets.box_loss, anchors=anchors,
+        box_coder=box_coder, objectness_loss=config.targets.objectness_loss,
+        focal_alpha=config.targets.focal_alpha,
+        focal_gamma=config.targets.focal_gamma)
     aux = dict(losses, num_pos=tgt["pos_mask"].sum(),
                num_neg=tgt["neg_mask"].sum())
     return losses["total"], (new_stats, aux)

@@ -92,6 +92,27 @@ def test_anchors_per_level_match_torchvision(tiny):
     np.testing.assert_allclose(anchors, expected, atol=0.5)
 
 
+def test_anchor_scales_multiply_every_level_like_torchvision(tiny):
+    config = fpn_config(tiny, 128)
+    config.model.anchor_offset = 0.0
+    scales = (1.0, 2 ** (1 / 3), 2 ** (2 / 3))
+    config.model.anchor_scales = scales
+    hws = [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    assert setup_model.anchors_per_level(config) == tuple(h * w * 9 for h, w in hws)
+    sizes = tuple(tuple(s * k for k in scales) for s in FPN_SIZES)
+    generator = AnchorGenerator(sizes=sizes, aspect_ratios=(RATIOS,) * 5)
+    images = ImageList(torch.zeros(1, 3, 128, 128), [(128, 128)])
+    expected = generator(images, [torch.zeros(1, 8, h, w) for h, w in hws])[0].numpy()
+    np.testing.assert_allclose(setup_model.model_anchors(config), expected, atol=0.5)
+    model = setup_model.build_model(config.model)
+    variables = setup_model.init_variables(config, model, jax.random.key(0))
+    outputs = model.apply(variables, np.zeros((1, 128, 128, 3), np.float32))
+    assert outputs["objectness"].shape == (1, len(expected))
+    config.model.anchor_scales = ()
+    with pytest.raises(ValueError, match="model.anchor_scales must be positive"):
+        setup_model.model_anchors(config)
+
+
 SETTINGS = dict(pre_nms_top_k=150, nms_threshold=0.7, post_nms_top_k=100, min_size=1.0)
 
 

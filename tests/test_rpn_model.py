@@ -59,6 +59,16 @@ def test_head_init_like_torchvision():
     )
 
 
+def test_objectness_prior_sets_the_logit_bias():
+    features = jnp.zeros((1, 4, 4, 8))
+    params = init_module(RPNHead(num_anchors=3, channels=8, objectness_prior=0.01),
+                         jax.random.key(0), features)["params"]
+    np.testing.assert_allclose(np.asarray(params["cls_logits"]["bias"]), np.log(0.01 / 0.99), rtol=1e-6)
+    assert np.all(np.asarray(params["bbox_pred"]["bias"]) == 0)
+    with pytest.raises(ValueError, match="model.objectness_prior must lie in"):
+        init_module(RPNHead(num_anchors=3, channels=8, objectness_prior=1.0), jax.random.key(0), features)
+
+
 def test_flatten_order_is_row_column_anchor():
     """objectness[b, (r*W + c)*A + a] is logit a of cell (r, c); deltas channel 4a + k is (a, k)."""
     num_anchors, height, width = 3, 2, 5

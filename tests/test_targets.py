@@ -95,6 +95,13 @@ def test_sampler_counts():
         assert not (pos & neg).any()
 
 
+def test_sampler_zero_samples_takes_every_labelled_anchor():
+    labels = _labels(np.random.default_rng(3), 300, 700)
+    pos, neg = map(np.asarray, _sample(jax.random.PRNGKey(0), labels, 0, 0.5))
+    np.testing.assert_array_equal(pos, labels == 1)
+    np.testing.assert_array_equal(neg, labels == 0)
+
+
 def test_sampler_keys():
     labels = _labels(np.random.default_rng(3), 500, 1000)
     a = _sample(jax.random.PRNGKey(1), labels, 256, 0.5)

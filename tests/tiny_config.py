@@ -1,7 +1,7 @@
 """The default recipe shrunk for tests: 48 train / 16 val synthetic images at
 128 px, a ResNet-18 of width 8 on the single C4 map (the default's FPN is
 covered by tests/test_fpn.py; the single map learns more in a few dozen steps).
-Same optimizer, losses, data and evaluation code as the real thing.
+Same losses, data and evaluation code as the real thing; SGD instead of AdamW (below).
 
 Also a config file for the CLIs: `python train.py --config tests/tiny_config.py`.
 """

@@ -173,6 +173,7 @@ class Conv(nn.Module):
     stride: int = 1
     use_bias: bool = False
     kernel_init: Callable = _conv_init
+    bias_init: Callable = nn.initializers.zeros
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -185,7 +186,7 @@ class Conv(nn.Module):
         else:
             y = conv2d(x, kernel, self.stride, self.kernel_size // 2)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32).astype(
                 self.dtype
             )
         return y

@@ -9,6 +9,7 @@ level, in the order of `head_strides`.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -42,6 +43,9 @@ def head_strides(feature: str, fpn: bool) -> tuple[int, ...]:
 class RPNHead(nn.Module):
     """3x3 conv + ReLU, then 1x1 convs to A objectness logits and 4A deltas (torchvision's head).
 
+    The objectness bias starts at logit(`objectness_prior`): 0 for torchvision's
+    0.5; RetinaNet's 0.01 keeps a loss over every anchor stable from the start.
+
     `__call__(features [B, H, W, C])` returns
     {"objectness": [B, H*W*A] float32 logits, "deltas": [B, H*W*A, 4] float32 (dx, dy, dw, dh)}.
     Delta channel a*4 + k of the 1x1 conv is coordinate k of anchor a, as in torchvision.
@@ -49,22 +53,27 @@ class RPNHead(nn.Module):
 
     num_anchors: int = 15
     channels: int = 256
+    objectness_prior: float = 0.5
     dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, features: jnp.ndarray) -> dict[str, jnp.ndarray]:
-        def head_conv(out: int, kernel: int, name: str) -> Conv:
+        def head_conv(out: int, kernel: int, name: str, bias: float = 0.0) -> Conv:
             return Conv(
                 out,
                 kernel,
                 use_bias=True,
                 kernel_init=nn.initializers.normal(stddev=0.01),
+                bias_init=nn.initializers.constant(bias),
                 dtype=self.dtype,
                 name=name,
             )
 
+        prior = float(self.objectness_prior)
+        if not 0.0 < prior < 1.0:
+            raise ValueError(f"model.objectness_prior must lie in (0, 1), got {prior}")
         x = nn.relu(head_conv(self.channels, 3, "conv")(features))
-        logits = head_conv(self.num_anchors, 1, "cls_logits")(x)
+        logits = head_conv(self.num_anchors, 1, "cls_logits", math.log(prior / (1.0 - prior)))(x)
         deltas = head_conv(4 * self.num_anchors, 1, "bbox_pred")(x)
         batch, height, width = logits.shape[:3]
         num = height * width * self.num_anchors
@@ -83,6 +92,7 @@ class RPN(nn.Module):
         above it are not built. Must be "C5" with `fpn`.
       num_anchors: anchors per feature-map cell (A), on every level.
       head_channels: channels of the head's 3x3 conv.
+      objectness_prior: initial objectness probability (`RPNHead`).
       fpn: build P2..P6 on C2..C5 (`FPN`) and run one shared head on each level.
       fpn_channels: channels of the pyramid levels.
       dtype: computation dtype; params and outputs are float32.
@@ -100,6 +110,7 @@ class RPN(nn.Module):
     feature: str = "C5"
     num_anchors: int = 15
     head_channels: int = 256
+    objectness_prior: float = 0.5
     fpn: bool = False
     fpn_channels: int = 256
     dtype: Any = jnp.float32
@@ -119,7 +130,8 @@ class RPN(nn.Module):
             dtype=self.dtype,
             name="backbone",
         )(images, train)
-        head = RPNHead(self.num_anchors, self.head_channels, self.dtype, name="head")
+        head = RPNHead(self.num_anchors, self.head_channels, self.objectness_prior,
+                       self.dtype, name="head")
         if not self.fpn:
             return head(features[self.feature])
         pyramid = fpn_lib.FPN(self.fpn_channels, self.dtype, name="fpn")(features)

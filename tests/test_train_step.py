@@ -1,0 +1,65 @@
+"""The train step's loss options: every-anchor (dense) objectness losses
+normalised by the number of positives, and their config errors."""
+
+import jax
+import numpy as np
+import pytest
+
+from rpn_jax import setup_model
+from rpn_jax import targets as targets_lib
+from rpn_jax import train_lib
+
+
+def _step_and_batch(tiny):
+  model = setup_model.build_model(tiny.model)
+  variables = setup_model.init_variables(tiny, model, jax.random.key(0))
+  tx = train_lib.make_optimizer(tiny, variables)
+  state = train_lib.create_train_state(tiny, model, tx, variables)
+  anchors = setup_model.model_anchors(tiny)
+  step = jax.jit(train_lib.make_train_step(tiny, model, tx, anchors))
+  b, s, g = tiny.train.batch_size, tiny.data.image_size, tiny.data.max_boxes
+  rng = np.random.default_rng(0)
+  boxes = np.zeros((b, g, 4), np.float32)
+  boxes[:, 0] = [10, 12, 40, 90]
+  boxes[:, 1] = [60, 30, 100, 70]
+  valid = np.zeros((b, g), bool)
+  valid[:, :2] = True
+  batch = dict(image=rng.integers(0, 255, (b, s, s, 3), dtype=np.uint8), boxes=boxes,
+               box_valid=valid, box_crowd=np.zeros((b, g), bool),
+               image_hw=np.full((b, 2), s, np.int32), scale=np.ones(b, np.float32),
+               image_id=np.arange(b), image_valid=np.ones(b, bool))
+  return step, state, batch, anchors
+
+
+@pytest.mark.parametrize("objectness_loss", ["focal", "quality_focal"])
+def test_dense_objectness_over_every_anchor_learns(tiny, objectness_loss):
+  tiny.targets.objectness_loss = objectness_loss
+  tiny.targets.num_samples = 0
+  tiny.targets.normalizer = "positives"
+  tiny.model.objectness_prior = 0.01
+  tiny.train.optimizer = "adamw"
+  tiny.train.learning_rate = 0.002
+  step, state, batch, anchors = _step_and_batch(tiny)
+  _, labels = jax.vmap(lambda g, v: targets_lib.match_anchors(
+      anchors, g, v, tiny.targets.high_threshold, tiny.targets.low_threshold))(
+          batch["boxes"], batch["box_valid"])
+  labels = np.asarray(labels)
+  totals = []
+  for _ in range(30):
+    state, metrics = step(state, batch)
+    assert int(metrics["finite"]) == 1
+    totals.append(float(metrics["total"]))
+  # Every labelled anchor is in the loss, not a sample of 256 per image.
+  assert int(metrics["num_pos"]) == (labels == 1).sum()
+  assert int(metrics["num_neg"]) == (labels == 0).sum() > 256 * tiny.train.batch_size
+  assert totals[-1] < 0.5 * totals[0]
+
+
+def test_loss_config_errors_name_the_key(tiny):
+  tiny.targets.normalizer = "images"
+  with pytest.raises(ValueError, match="targets.normalizer must be one of"):
+    _step_and_batch(tiny)
+  tiny.targets.normalizer = "samples"
+  tiny.targets.num_samples = 0
+  with pytest.raises(ValueError, match="targets.num_samples=0 .* needs targets.normalizer"):
+    _step_and_batch(tiny)
