@@ -53,6 +53,22 @@ def box_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(union != 0, inter / jnp.where(union != 0, union, 1.0), 0.0)
 
 
+def aligned_overlaps(pred: jnp.ndarray, target: jnp.ndarray, eps: float = 1e-7
+                     ) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """(IoU, union, enclosing-box area), each ``[...]``, of the xyxy box pairs
+    ``pred [..., 4]`` and ``target [..., 4]`` (elementwise, not pairwise as
+    ``box_iou``); IoU is ``inter / (union + eps)``."""
+    px0, py0, px1, py1 = jnp.moveaxis(pred, -1, 0)
+    tx0, ty0, tx1, ty1 = jnp.moveaxis(target, -1, 0)
+    inter_w = jnp.maximum(jnp.minimum(px1, tx1) - jnp.maximum(px0, tx0), 0.0)
+    inter_h = jnp.maximum(jnp.minimum(py1, ty1) - jnp.maximum(py0, ty0), 0.0)
+    inter = inter_w * inter_h
+    union = (px1 - px0) * (py1 - py0) + (tx1 - tx0) * (ty1 - ty0) - inter
+    hull = (jnp.maximum(px1, tx1) - jnp.minimum(px0, tx0)) * (
+        jnp.maximum(py1, ty1) - jnp.minimum(py0, ty0))
+    return inter / (union + eps), union, hull
+
+
 def box_ioa(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     """Intersection over the area of ``a``: ``a [N, 4]``, ``b [M, 4]`` -> ``[N, M]``.
 

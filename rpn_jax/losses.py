@@ -1,4 +1,5 @@
-"""RPN losses: objectness BCE and a box loss (smooth-L1 on deltas or GIoU), summed and normalised."""
+"""RPN losses, summed and normalised: objectness (BCE, focal, quality focal) and
+box (smooth-L1 on the deltas, or GIoU of the decoded boxes)."""
 
 from __future__ import annotations
 
@@ -45,24 +46,6 @@ def smooth_l1(diff: jax.Array, beta: float) -> jax.Array:
     return 0.5 * quadratic * quadratic / beta + (diff - quadratic)
 
 
-def _aligned_overlaps(pred: jax.Array, target: jax.Array, eps: float = 1e-7):
-    """(IoU, union, enclosing-box area) of xyxy box pairs ``pred [..., 4]``, ``target [..., 4]``."""
-    px0, py0, px1, py1 = jnp.moveaxis(pred, -1, 0)
-    tx0, ty0, tx1, ty1 = jnp.moveaxis(target, -1, 0)
-    inter_w = jnp.maximum(jnp.minimum(px1, tx1) - jnp.maximum(px0, tx0), 0.0)
-    inter_h = jnp.maximum(jnp.minimum(py1, ty1) - jnp.maximum(py0, ty0), 0.0)
-    inter = inter_w * inter_h
-    union = (px1 - px0) * (py1 - py0) + (tx1 - tx0) * (ty1 - ty0) - inter
-    hull = (jnp.maximum(px1, tx1) - jnp.minimum(px0, tx0)) * (
-        jnp.maximum(py1, ty1) - jnp.minimum(py0, ty0))
-    return inter / (union + eps), union, hull
-
-
-def aligned_iou(pred: jax.Array, target: jax.Array) -> jax.Array:
-    """Elementwise IoU of xyxy boxes ``pred [..., 4]`` and ``target [..., 4]`` -> ``[...]``."""
-    return _aligned_overlaps(pred, target)[0]
-
-
 def giou_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-7) -> jax.Array:
     """Elementwise ``1 - GIoU`` of xyxy boxes ``pred [..., 4]`` and ``target [..., 4]`` -> ``[...]``.
 
@@ -70,7 +53,7 @@ def giou_loss(pred: jax.Array, target: jax.Array, eps: float = 1e-7) -> jax.Arra
     enclosing box that neither box covers; the loss lies in [0, 2] and equals
     torchvision's ``generalized_box_iou_loss``.
     """
-    iou, union, hull = _aligned_overlaps(pred, target, eps)
+    iou, union, hull = boxes.aligned_overlaps(pred, target, eps)
     return 1.0 - iou + (hull - union) / (hull + eps)
 
 
@@ -147,7 +130,7 @@ def rpn_losses(
     if objectness_loss == "focal":
         per_anchor = sigmoid_focal_loss(logits, labels, focal_alpha, focal_gamma)
     elif objectness_loss == "quality_focal":
-        quality = jax.lax.stop_gradient(aligned_iou(pred_boxes, target_boxes))
+        quality = jax.lax.stop_gradient(boxes.aligned_overlaps(pred_boxes, target_boxes)[0])
         per_anchor = quality_focal_loss(logits, jnp.where(pos, quality, 0.0), focal_gamma)
     else:
         per_anchor = sigmoid_bce_with_logits(logits, labels)

@@ -148,7 +148,7 @@ def rpn_targets(
     gt_crowd = jnp.asarray(gt_crowd, bool)
     matched_idx, labels = match_anchors(anchors, gt_boxes, gt_valid & ~gt_crowd, high, low)
     if gt_boxes.shape[0] > 0:
-        in_crowd = jnp.any((box_ioa(anchors, gt_boxes).T >= crowd_ioa) & gt_crowd[:, None], axis=0)
+        in_crowd = jnp.any((box_ioa(anchors, gt_boxes) >= crowd_ioa) & gt_crowd[None, :], axis=1)
         labels = jnp.where((labels == 0) & in_crowd, -1, labels)
     pos_mask, neg_mask = sample_labels(key, labels, num_samples, positive_fraction)
     positive = labels == 1

@@ -8,26 +8,17 @@ import pytest
 from rpn_jax import setup_model
 from rpn_jax import targets as targets_lib
 from rpn_jax import train_lib
+from tests.test_reliability import _batch, _tiny_state
 
 
 def _step_and_batch(tiny):
-  model = setup_model.build_model(tiny.model)
-  variables = setup_model.init_variables(tiny, model, jax.random.key(0))
-  tx = train_lib.make_optimizer(tiny, variables)
-  state = train_lib.create_train_state(tiny, model, tx, variables)
+  model, tx, state = _tiny_state(tiny)
   anchors = setup_model.model_anchors(tiny)
   step = jax.jit(train_lib.make_train_step(tiny, model, tx, anchors))
-  b, s, g = tiny.train.batch_size, tiny.data.image_size, tiny.data.max_boxes
-  rng = np.random.default_rng(0)
-  boxes = np.zeros((b, g, 4), np.float32)
-  boxes[:, 0] = [10, 12, 40, 90]
-  boxes[:, 1] = [60, 30, 100, 70]
-  valid = np.zeros((b, g), bool)
-  valid[:, :2] = True
-  batch = dict(image=rng.integers(0, 255, (b, s, s, 3), dtype=np.uint8), boxes=boxes,
-               box_valid=valid, box_crowd=np.zeros((b, g), bool),
-               image_hw=np.full((b, 2), s, np.int32), scale=np.ones(b, np.float32),
-               image_id=np.arange(b), image_valid=np.ones(b, bool))
+  batch = _batch(tiny, [10, 12, 40, 90])
+  batch["boxes"][:, 1] = [60, 30, 100, 70]
+  batch["box_valid"][:, 1] = True
+  batch["image"] = np.random.default_rng(0).integers(0, 255, batch["image"].shape, dtype=np.uint8)
   return step, state, batch, anchors
 
 
