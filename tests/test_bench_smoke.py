@@ -106,3 +106,16 @@ def test_run_all_report_only_writes_markdown(tmp_path, monkeypatch, capsys):
     assert report.render(path) in markdown.read_text()
     run_all.main(["--report_only"])
     assert "### targets" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key, value", [("model.anchor_scales", (1.0, 2.0)),
+                                        ("targets.objectness_loss", "focal"),
+                                        ("targets.box_loss", "giou"),
+                                        ("targets.normalizer", "positives")])
+def test_torch_reference_refuses_what_it_cannot_mirror(key, value):
+    config = r50_c5_config(64, 2, backbone="resnet18")
+    torch_rpn.build(config)  # the seed's settings build
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match="the seed's anchors and losses only"):
+        torch_rpn.build(config)
