@@ -16,8 +16,12 @@ What differs from the seed's recipe (PROTOCOL.md), and why:
   decoded box with its person, so scores rank boxes by fit; both losses are
   divided by the number of positives, and the objectness bias starts at a
   prior of 0.01 (RetinaNet). With it, 1 - GIoU (weight 2) as the box loss;
-- 32 channels in the FPN and head: cheap enough for 13 epochs in the CPU
-  budget (32 for 13 epochs beat 64 for 9: AP 0.194 vs 0.167);
+- 32 channels in the FPN and head: cheap enough in the CPU budget (32 for
+  13 epochs beat 64 for 9: AP 0.194 vs 0.167), and two 3x3 convs in the
+  head instead of one (11 epochs with two beat 13 with one: AP 0.261 vs
+  0.256, AP50 0.637 vs 0.606);
+- batch 8 at lr 0.0015 (batch 16 at 0.002 before): the same images/s on
+  this CPU and twice the updates (AP 0.256 vs 0.238 at 13 epochs);
 - detections down to score 0.05 (the seed's 0.4 suits sampled BCE scores;
   quality focal scores are lower, and cutting at 0.4 costs AP).
 Each change and its measured effect: README.md, "What the default run gives".
@@ -44,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.fpn = True
   config.model.fpn_channels = 32
   config.model.head_channels = 32
+  config.model.head_convs = 2
   config.model.freeze = ()
   config.model.anchor_sizes = (16.0, 32.0, 64.0, 128.0, 256.0)
   config.targets.high_threshold = 0.5
@@ -56,12 +61,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.proposals.pre_nms_top_k = 2000
   config.proposals.post_nms_top_k = 1000
   config.train.optimizer = "adamw"
-  config.train.epochs = 13
-  config.train.batch_size = 16
-  config.train.learning_rate = 0.002
+  config.train.epochs = 11
+  config.train.batch_size = 8
+  config.train.learning_rate = 0.0015
   config.train.schedule = "warmup_step"
-  config.train.warmup_steps = 100
-  config.train.decay_steps = (1250,)
+  config.train.warmup_steps = 200
+  config.train.decay_steps = (2100,)
   config.train.checkpoint_every_steps = 250
   config.eval.batch_size = 16
   config.eval.score_threshold = 0.05

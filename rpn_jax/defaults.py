@@ -48,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   model.feature = "C5"
   model.freeze = ("backbone/conv1", "backbone/bn1", "backbone/layer1")
   model.head_channels = 256
+  # 3x3 conv + ReLU layers before the 1x1 outputs, each initialised at std 0.01
+  # (torchvision's head): more than one wants AdamW (under SGD they start too small).
+  model.head_convs = 1
   model.objectness_prior = 0.5  # initial objectness probability (0.5: zero bias)
   # P2..P6 on C2..C5 (needs feature C5), one anchor size per level, in order.
   model.fpn = False

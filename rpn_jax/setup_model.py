@@ -67,6 +67,7 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
       feature=model_cfg.feature,
       num_anchors=sizes_per_cell * len(model_cfg.anchor_ratios),
       head_channels=model_cfg.head_channels,
+      head_convs=model_cfg.head_convs,
       objectness_prior=model_cfg.objectness_prior,
       **pyramid,
       dtype=_DTYPES[model_cfg.dtype],

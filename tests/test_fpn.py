@@ -222,6 +222,18 @@ def test_r50_fpn_config_builds():
     assert params["head"]["bbox_pred"]["kernel"].shape == (1, 1, 256, 12)
 
 
+def test_head_convs_reach_the_model(tiny):
+    """model.head_convs=2 gives the shared head a second 3x3 conv ("conv1")."""
+    config = fpn_config(tiny, 64)
+    config.model.head_convs = 2
+    model = setup_model.build_model(config.model)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+    head = variables["params"]["head"]
+    channels = config.model.head_channels
+    assert sorted(head) == ["bbox_pred", "cls_logits", "conv", "conv1"]
+    assert head["conv1"]["kernel"].shape == (3, 3, channels, channels)
+
+
 def test_without_fpn_one_level(tiny):
     assert not tiny.model.fpn
     model = setup_model.build_model(tiny.model)

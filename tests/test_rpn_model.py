@@ -69,6 +69,27 @@ def test_objectness_prior_sets_the_logit_bias():
         init_module(RPNHead(num_anchors=3, channels=8, objectness_prior=1.0), jax.random.key(0), features)
 
 
+def test_head_convs_stack_3x3_layers_before_the_outputs():
+    features = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 4, 8)), jnp.float32)
+    deep = RPNHead(num_anchors=3, channels=8, num_convs=3)
+    variables = init_module(deep, jax.random.key(0), features)
+    params = variables["params"]
+    assert sorted(params) == ["bbox_pred", "cls_logits", "conv", "conv1", "conv2"]
+    assert params["conv2"]["kernel"].shape == (3, 3, 8, 8)
+    # The same layers by hand: three 3x3 conv + ReLU, then the 1x1 outputs.
+    x = features
+    for name in ("conv", "conv1", "conv2"):
+        x = jax.nn.relu(jax.lax.conv_general_dilated(
+            x, params[name]["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            + params[name]["bias"])
+    logits = x @ params["cls_logits"]["kernel"][0, 0] + params["cls_logits"]["bias"]
+    out = deep.apply(variables, features)
+    np.testing.assert_allclose(np.asarray(out["objectness"]), np.asarray(logits).reshape(1, -1),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="model.head_convs must be at least 1"):
+        init_module(RPNHead(num_anchors=3, channels=8, num_convs=0), jax.random.key(0), features)
+
+
 def test_flatten_order_is_row_column_anchor():
     """objectness[b, (r*W + c)*A + a] is logit a of cell (r, c); deltas channel 4a + k is (a, k)."""
     num_anchors, height, width = 3, 2, 5

@@ -43,8 +43,10 @@ def head_strides(feature: str, fpn: bool) -> tuple[int, ...]:
 class RPNHead(nn.Module):
     """3x3 conv + ReLU, then 1x1 convs to A objectness logits and 4A deltas (torchvision's head).
 
-    The objectness bias starts at logit(`objectness_prior`): 0 for torchvision's
-    0.5; RetinaNet's 0.01 keeps a loss over every anchor stable from the start.
+    `num_convs` > 1 stacks more 3x3 conv + ReLU layers ("conv1", "conv2", ...)
+    after the first ("conv"), shared by both outputs. The objectness bias starts
+    at logit(`objectness_prior`): 0 for torchvision's 0.5; RetinaNet's 0.01 keeps
+    a loss over every anchor stable from the start.
 
     `__call__(features [B, H, W, C])` returns
     {"objectness": [B, H*W*A] float32 logits, "deltas": [B, H*W*A, 4] float32 (dx, dy, dw, dh)}.
@@ -54,6 +56,7 @@ class RPNHead(nn.Module):
     num_anchors: int = 15
     channels: int = 256
     objectness_prior: float = 0.5
+    num_convs: int = 1
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -72,7 +75,11 @@ class RPNHead(nn.Module):
         prior = float(self.objectness_prior)
         if not 0.0 < prior < 1.0:
             raise ValueError(f"model.objectness_prior must lie in (0, 1), got {prior}")
+        if self.num_convs < 1:
+            raise ValueError(f"model.head_convs must be at least 1, got {self.num_convs}")
         x = nn.relu(head_conv(self.channels, 3, "conv")(features))
+        for k in range(1, self.num_convs):
+            x = nn.relu(head_conv(self.channels, 3, f"conv{k}")(x))
         logits = head_conv(self.num_anchors, 1, "cls_logits", math.log(prior / (1.0 - prior)))(x)
         deltas = head_conv(4 * self.num_anchors, 1, "bbox_pred")(x)
         batch, height, width = logits.shape[:3]
@@ -91,7 +98,8 @@ class RPN(nn.Module):
       feature: backbone map the head reads, "C2".."C5" (stride 4..32); stages
         above it are not built. Must be "C5" with `fpn`.
       num_anchors: anchors per feature-map cell (A), on every level.
-      head_channels: channels of the head's 3x3 conv.
+      head_channels: channels of the head's 3x3 convs.
+      head_convs: how many 3x3 conv + ReLU layers the head stacks (`RPNHead`).
       objectness_prior: initial objectness probability (`RPNHead`).
       fpn: build P2..P6 on C2..C5 (`FPN`) and run one shared head on each level.
       fpn_channels: channels of the pyramid levels.
@@ -110,6 +118,7 @@ class RPN(nn.Module):
     feature: str = "C5"
     num_anchors: int = 15
     head_channels: int = 256
+    head_convs: int = 1
     objectness_prior: float = 0.5
     fpn: bool = False
     fpn_channels: int = 256
@@ -131,7 +140,7 @@ class RPN(nn.Module):
             name="backbone",
         )(images, train)
         head = RPNHead(self.num_anchors, self.head_channels, self.objectness_prior,
-                       self.dtype, name="head")
+                       self.head_convs, self.dtype, name="head")
         if not self.fpn:
             return head(features[self.feature])
         pyramid = fpn_lib.FPN(self.fpn_channels, self.dtype, name="fpn")(features)
