@@ -74,7 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   targets.box_loss = "smooth_l1"  # or "giou": 1 - GIoU of the decoded boxes
   targets.smooth_l1_beta = 1.0
   targets.box_loss_weight = 1.0
-  targets.objectness_loss = "bce"  # or "focal" (with focal_alpha, focal_gamma)
+  # "bce" (the seed), "focal" (focal_alpha, focal_gamma) or "quality_focal"
+  # (IoU targets, beta = focal_gamma)
+  targets.objectness_loss = "bce"
   targets.focal_alpha = 0.25
   targets.focal_gamma = 2.0
   # Both losses are divided by batch_size * num_samples ("samples", the seed)

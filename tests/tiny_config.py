@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.optimizer = "sgd"
   # And one head conv: under SGD a second conv initialised at std 0.01 (as
   # torchvision's head) passes too small a gradient to the first one to learn
-  # in a few dozen steps (AP50 stayed 0); AdamW's normalised steps do not care.
+  # in a few dozen steps (AP50 stayed 0); the default's AdamW trains it.
   config.model.head_convs = 1
   config.train.learning_rate = 0.02
   config.train.epochs = 2
