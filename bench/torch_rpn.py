@@ -40,11 +40,12 @@ def build(config: ml_collections.ConfigDict) -> tuple[torch.nn.Module, RegionPro
                          "model.norm='frozen_bn'")
     t = config.targets
     if (tuple(config.model.anchor_scales) != (1.0,) or config.model.head_convs != 1
+            or t.assigner != "iou"
             or t.objectness_loss != "bce" or t.box_loss != "smooth_l1"
             or t.num_samples <= 0 or t.normalizer != "samples"):
         raise ValueError("the torchvision reference has the seed's anchors and losses only: "
                          "model.anchor_scales=(1,), model.head_convs=1, "
-                         "targets.objectness_loss='bce', "
+                         "targets.assigner='iou', targets.objectness_loss='bce', "
                          "targets.box_loss='smooth_l1', sampled anchors, normalizer='samples'")
     torch.manual_seed(0)
     resnet = torchvision.models.get_model(

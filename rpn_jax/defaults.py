@@ -67,6 +67,10 @@ def base_config() -> ml_collections.ConfigDict:
   targets.high_threshold = 0.7
   targets.low_threshold = 0.3
   targets.crowd_ioa = 0.7
+  # "iou": high/low thresholds (the seed's); "atss": adaptive (Zhang et al.
+  # 2020), atss_top_k nearest anchors per level and gt box as candidates
+  targets.assigner = "iou"
+  targets.atss_top_k = 9
   targets.num_samples = 256  # anchors sampled per image; 0 = every labelled anchor
   targets.positive_fraction = 0.5
   targets.box_weights = (1.0, 1.0, 1.0, 1.0)

@@ -55,9 +55,6 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
   frozen_stages = 0
   if {"backbone/conv1", "backbone/bn1"} <= frozen:
     frozen_stages = 2 if "backbone/layer1" in frozen else 1
-  # With FPN each level has one anchor size, so a cell has one anchor per
-  # ratio and scale.
-  sizes_per_cell = (1 if fpn else len(model_cfg.anchor_sizes)) * len(_anchor_scales(model_cfg))
   pyramid = dict(fpn=True, fpn_channels=model_cfg.fpn_channels) if fpn else {}
   return rpn_lib.RPN(
       depth=backbone_depth(model_cfg.backbone),
@@ -65,13 +62,20 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
       norm=model_cfg.norm,
       frozen_stages=frozen_stages,
       feature=model_cfg.feature,
-      num_anchors=sizes_per_cell * len(model_cfg.anchor_ratios),
+      num_anchors=anchors_per_cell(model_cfg),
       head_channels=model_cfg.head_channels,
       head_convs=model_cfg.head_convs,
       objectness_prior=model_cfg.objectness_prior,
       **pyramid,
       dtype=_DTYPES[model_cfg.dtype],
   )
+
+
+def anchors_per_cell(model_cfg: ml_collections.ConfigDict) -> int:
+  """Anchors at each cell of a level: its sizes x scales x ratios (with FPN
+  a level has one size)."""
+  sizes = 1 if uses_fpn(model_cfg) else len(model_cfg.anchor_sizes)
+  return sizes * len(_anchor_scales(model_cfg)) * len(model_cfg.anchor_ratios)
 
 
 def _anchor_scales(model_cfg: ml_collections.ConfigDict) -> tuple[float, ...]:

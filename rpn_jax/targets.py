@@ -11,7 +11,7 @@ from typing import Dict, Sequence, Tuple
 import jax
 import jax.numpy as jnp
 
-from rpn_jax.boxes import Clamp, box_ioa, box_iou, encode
+from rpn_jax.boxes import Clamp, aligned_overlaps, box_ioa, box_iou, encode
 
 
 def match_anchors(
@@ -59,6 +59,81 @@ def match_anchors(
         labels = jnp.where(ties, 1, labels)
     matched_idx = jnp.where(jnp.any(gt_valid), matched_idx, 0)
     return matched_idx, labels
+
+
+def atss_match(
+    anchors: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    level_sizes: Sequence[int],
+    top_k: int = 9,
+    anchors_per_cell: int = 1,
+) -> Tuple[jax.Array, jax.Array]:
+    """Adaptive training sample selection (Zhang et al. 2020, ATSS).
+
+    Each gt box takes, on every level, the ``ceil(top_k / anchors_per_cell)``
+    grid cells whose centres are nearest its centre, and all their anchors, as
+    candidates (ATSS's ``top_k`` nearest anchors when a cell has one anchor);
+    candidates with IoU >= mean + std (unbiased) of the candidates' IoUs and
+    their centre strictly inside the box are positive. An anchor positive for
+    several boxes goes to the one it overlaps most (the first on ties). There
+    is no ignore band: every other anchor is negative, and a box with no
+    positive gets none.
+
+    Args:
+      anchors: ``[N, 4]`` xyxy pixels, level after level, each in (cell,
+        anchor) order with ``anchors_per_cell`` anchors per cell sharing a
+        centre (``setup_model.model_anchors``' order).
+      gt_boxes: ``[G, 4]`` xyxy pixels (padded); gt_valid ``[G]`` bool.
+      level_sizes: anchors per level (static, sums to N).
+
+    Returns:
+      ``matched_idx [N] int32`` and ``labels [N] int32`` (1 positive, 0
+      negative), as ``match_anchors``.
+    """
+    anchors = jnp.asarray(anchors, jnp.float32)
+    gt_boxes = jnp.asarray(gt_boxes, jnp.float32)
+    n, a = anchors.shape[0], int(anchors_per_cell)
+    num_gt = gt_boxes.shape[0]
+    gt_valid = jnp.asarray(gt_valid, bool)
+    if num_gt == 0:
+        return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), jnp.int32)
+    if int(top_k) < 1:
+        raise ValueError(f"targets.atss_top_k must be at least 1, got {top_k}")
+    if sum(level_sizes) != n or any(size % a for size in level_sizes):
+        raise ValueError(f"atss_match: level sizes {tuple(level_sizes)} do not split "
+                         f"{n} anchors into cells of {a}")
+    centre = (anchors[:, :2] + anchors[:, 2:]) / 2
+    gt_centre = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    cells_per_level = -(-int(top_k) // a)
+    candidates, start = [], 0
+    for size in level_sizes:
+        cell_centre = centre[start:start + size:a]  # [cells, 2]
+        k = min(cells_per_level, size // a)
+        if k:
+            dist = ((gt_centre[:, None, 0] - cell_centre[None, :, 0]) ** 2
+                    + (gt_centre[:, None, 1] - cell_centre[None, :, 1]) ** 2)
+            _, cell = jax.lax.top_k(-dist, k)  # [G, k]
+            index = start + cell[:, :, None] * a + jnp.arange(a)
+            candidates.append(index.reshape(num_gt, k * a))
+        start += size
+    cand = jnp.concatenate(candidates, axis=1)  # [G, K]
+    cand_boxes = anchors[cand]  # [G, K, 4]
+    iou = aligned_overlaps(cand_boxes, gt_boxes[:, None, :])[0]  # [G, K]
+    threshold = jnp.mean(iou, axis=1) + jnp.std(iou, axis=1, ddof=min(1, cand.shape[1] - 1))
+    c = centre[cand]
+    inside = ((c[..., 0] > gt_boxes[:, None, 0]) & (c[..., 0] < gt_boxes[:, None, 2])
+              & (c[..., 1] > gt_boxes[:, None, 1]) & (c[..., 1] < gt_boxes[:, None, 3]))
+    chosen = (iou >= threshold[:, None]) & inside & gt_valid[:, None]
+    flat = cand.reshape(-1)
+    score = jnp.where(chosen, iou, -1.0).reshape(-1)
+    best = jnp.full((n,), -1.0).at[flat].max(score)
+    gt_index = jnp.broadcast_to(jnp.arange(num_gt, dtype=jnp.int32)[:, None], cand.shape)
+    wins = chosen.reshape(-1) & (score == best[flat])
+    matched_idx = jnp.full((n,), num_gt, jnp.int32).at[flat].min(
+        jnp.where(wins, gt_index.reshape(-1), num_gt))
+    positive = best >= 0.0
+    return jnp.where(positive, matched_idx, 0), positive.astype(jnp.int32)
 
 
 def _first_index_of_max(values: jax.Array, best: jax.Array) -> jax.Array:
@@ -128,6 +203,10 @@ def rpn_targets(
     positive_fraction: float = 0.5,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
     clamp: Clamp = None,
+    assigner: str = "iou",
+    level_sizes: Sequence[int] = (),
+    atss_top_k: int = 9,
+    anchors_per_cell: int = 1,
 ) -> Dict[str, jax.Array]:
     """Sampled objectness labels and regression targets for one image.
 
@@ -138,6 +217,9 @@ def rpn_targets(
       gt_valid: ``[G]`` bool, real non-crowd boxes; only these make positives.
       gt_crowd: ``[G]`` bool, crowd regions: an anchor whose intersection with
         one covers >= ``crowd_ioa`` of the anchor's area is never a negative.
+      assigner: ``"iou"`` (``match_anchors`` with ``high``/``low``, the seed's)
+        or ``"atss"`` (``atss_match`` with ``level_sizes``, ``atss_top_k`` and
+        ``anchors_per_cell``; ``high``/``low`` unused).
 
     Returns:
       ``pos_mask [N] bool``, ``neg_mask [N] bool`` (the sampled anchors) and
@@ -146,7 +228,14 @@ def rpn_targets(
     """
     gt_valid = jnp.asarray(gt_valid, bool)
     gt_crowd = jnp.asarray(gt_crowd, bool)
-    matched_idx, labels = match_anchors(anchors, gt_boxes, gt_valid & ~gt_crowd, high, low)
+    if assigner == "atss":
+        matched_idx, labels = atss_match(anchors, gt_boxes, gt_valid & ~gt_crowd,
+                                         level_sizes or (anchors.shape[0],), atss_top_k,
+                                         anchors_per_cell)
+    elif assigner == "iou":
+        matched_idx, labels = match_anchors(anchors, gt_boxes, gt_valid & ~gt_crowd, high, low)
+    else:
+        raise ValueError(f"targets.assigner must be 'iou' or 'atss', got {assigner!r}")
     if gt_boxes.shape[0] > 0:
         in_crowd = jnp.any((box_ioa(anchors, gt_boxes) >= crowd_ioa) & gt_crowd[None, :], axis=1)
         labels = jnp.where((labels == 0) & in_crowd, -1, labels)

@@ -82,7 +82,10 @@ def batch_targets(config: ml_collections.ConfigDict, anchors: jax.Array,
       targets_lib.rpn_targets,
       high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
       num_samples=t.num_samples, positive_fraction=t.positive_fraction,
-      weights=tuple(t.box_weights), clamp=tuple(t.box_clamp))
+      weights=tuple(t.box_weights), clamp=tuple(t.box_clamp),
+      assigner=t.assigner, level_sizes=setup_model.anchors_per_level(config),
+      atss_top_k=t.atss_top_k,
+      anchors_per_cell=setup_model.anchors_per_cell(config.model))
   keys = jax.random.split(key, batch["boxes"].shape[0])
   out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0))(
       keys, anchors, batch["boxes"], batch["box_valid"], batch["box_crowd"])

@@ -110,6 +110,7 @@ def test_run_all_report_only_writes_markdown(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("key, value", [("model.anchor_scales", (1.0, 2.0)),
                                         ("model.head_convs", 2),
+                                        ("targets.assigner", "atss"),
                                         ("targets.objectness_loss", "focal"),
                                         ("targets.box_loss", "giou"),
                                         ("targets.normalizer", "positives")])

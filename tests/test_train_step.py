@@ -22,18 +22,26 @@ def _step_and_batch(tiny):
   return step, state, batch, anchors
 
 
-@pytest.mark.parametrize("objectness_loss", ["focal", "quality_focal"])
-def test_dense_objectness_over_every_anchor_learns(tiny, objectness_loss):
+@pytest.mark.parametrize("objectness_loss,assigner",
+                         [("focal", "iou"), ("quality_focal", "iou"),
+                          ("quality_focal", "atss")])
+def test_dense_objectness_over_every_anchor_learns(tiny, objectness_loss, assigner):
   tiny.targets.objectness_loss = objectness_loss
+  tiny.targets.assigner = assigner
   tiny.targets.num_samples = 0
   tiny.targets.normalizer = "positives"
   tiny.model.objectness_prior = 0.01
   tiny.train.optimizer = "adamw"
   tiny.train.learning_rate = 0.002
   step, state, batch, anchors = _step_and_batch(tiny)
-  _, labels = jax.vmap(lambda g, v: targets_lib.match_anchors(
-      anchors, g, v, tiny.targets.high_threshold, tiny.targets.low_threshold))(
-          batch["boxes"], batch["box_valid"])
+  if assigner == "atss":
+    match = lambda g, v: targets_lib.atss_match(
+        anchors, g, v, setup_model.anchors_per_level(tiny), tiny.targets.atss_top_k,
+        setup_model.anchors_per_cell(tiny.model))
+  else:
+    match = lambda g, v: targets_lib.match_anchors(
+        anchors, g, v, tiny.targets.high_threshold, tiny.targets.low_threshold)
+  _, labels = jax.vmap(match)(batch["boxes"], batch["box_valid"])
   labels = np.asarray(labels)
   totals = []
   for _ in range(30):
