@@ -115,6 +115,12 @@ def base_config() -> ml_collections.ConfigDict:
   ev.score_threshold = 0.4
   ev.nms_threshold = 0.5
   ev.max_detections = 100
+  # Test-time augmentation, beyond the seed (off): also predict on canvases
+  # rescaled by tta_scales and mirrored, and fuse each proposal with its best
+  # match (IoU >= tta_match_iou) of every other pass (rpn_jax/tta.py).
+  ev.tta_scales = (1.0,)
+  ev.hflip_tta = False
+  ev.tta_match_iou = 0.6
   ev.draw_score_threshold = 0.7
   ev.draw_nms_threshold = 0.2
   return config

@@ -28,6 +28,7 @@ from rpn_jax import parallel
 from rpn_jax import proposals as proposals_lib
 from rpn_jax import setup_model
 from rpn_jax import train_lib
+from rpn_jax import tta as tta_lib
 from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
 from rpn_jax.data import transforms
@@ -49,7 +50,13 @@ class Proposals:
 def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
                     anchors: np.ndarray):
   """`(variables, batch) -> {boxes [B,K,4], scores [B,K], valid [B,K]}`;
-  boxes in canvas pixels."""
+  boxes in canvas pixels, scores descending among valid.
+
+  With test-time augmentation (`eval.tta_scales` other than (1.0,) or
+  `eval.hflip_tta`) the passes' proposals are fused (`rpn_jax.tta`) and K is
+  the number of passes x post_nms_top_k.
+  """
+  tta_lib.check_config(config.eval)
   anchors = jnp.asarray(anchors)
   p = config.proposals
   propose = functools.partial(
@@ -59,13 +66,19 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
       weights=tuple(config.targets.box_weights),
       clamp=tuple(config.targets.box_clamp),
       level_sizes=setup_model.anchors_per_level(config))
+  augmented = (tuple(config.eval.tta_scales) != (1.0,)
+               or bool(config.eval.hflip_tta))
+  tta_propose = tta_lib.make_tta_propose(config, model) if augmented else None
 
   def predict(variables, batch):
     images = transforms.normalize_images(
         batch["image"], tuple(config.data.mean), tuple(config.data.std))
-    out = model.apply(variables, images, train=False)
-    boxes, scores, valid = propose(anchors, out["objectness"], out["deltas"],
-                                   batch["image_hw"])
+    if augmented:
+      boxes, scores, valid = tta_propose(variables, images, batch["image_hw"])
+    else:
+      out = model.apply(variables, images, train=False)
+      boxes, scores, valid = propose(anchors, out["objectness"], out["deltas"],
+                                     batch["image_hw"])
     valid = valid & batch["image_valid"][:, None]
     return {"boxes": boxes, "scores": scores, "valid": valid}
 
@@ -276,6 +289,14 @@ def format_sweep(rows: list[dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def _tta_note(ev: ml_collections.ConfigDict) -> str:
+  """The table header's note of the test-time augmentation in use."""
+  scales = tuple(ev.tta_scales)
+  note = (["scales " + "/".join(f"{x:g}" for x in scales)]
+          if scales != (1.0,) else []) + (["flips"] if ev.hflip_tta else [])
+  return ", TTA " + " + ".join(note) if note else ""
+
+
 def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
                    output_dir: str, step: int | None = None,
                    num_images_to_draw: int = 0,
@@ -303,17 +324,23 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
                 annotation_file=os.path.abspath(dataset.annotation_file),
                 image_ids=image_ids, step=restored_step,
                 score_threshold=config.eval.score_threshold,
-                nms_threshold=config.eval.nms_threshold)
+                nms_threshold=config.eval.nms_threshold,
+                tta_scales=list(config.eval.tta_scales),
+                hflip_tta=config.eval.hflip_tta,
+                tta_match_iou=config.eval.tta_match_iou)
   with open(os.path.join(output_dir, "metrics.json"), "w") as f:
     json.dump(record, f, indent=1)
   with open(os.path.join(output_dir, "detections.json"), "w") as f:
     json.dump(results, f)
   print(f"\nPerson detection on {len(image_ids)} {config.data.val_split} images "
         f"(step {restored_step}, score >= {config.eval.score_threshold}, "
-        f"NMS {config.eval.nms_threshold}), {len(image_ids) / seconds:.1f} img/s")
+        f"NMS {config.eval.nms_threshold}{_tta_note(config.eval)}), "
+        f"{len(image_ids) / seconds:.1f} img/s")
   print(coco_eval.format_table(metrics))
   if recall:
-    print("Proposal recall (raw post-NMS proposals): " + ", ".join(
+    kind = ("fused proposals of the TTA passes" if _tta_note(config.eval)
+            else "raw post-NMS proposals")
+    print(f"Proposal recall ({kind}): " + ", ".join(
         f"{k} {v:.3f}" for k, v in recall.items()))
   if sweep_scores or sweep_nms:
     rows = threshold_sweep(
