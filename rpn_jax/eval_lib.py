@@ -58,16 +58,9 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
   """
   tta_lib.check_config(config.eval)
   anchors = jnp.asarray(anchors)
-  p = config.proposals
-  propose = functools.partial(
-      proposals_lib.propose_batch,
-      pre_nms_top_k=p.pre_nms_top_k, nms_threshold=p.nms_threshold,
-      post_nms_top_k=p.post_nms_top_k, min_size=p.min_size,
-      weights=tuple(config.targets.box_weights),
-      clamp=tuple(config.targets.box_clamp),
-      level_sizes=setup_model.anchors_per_level(config))
-  augmented = (tuple(config.eval.tta_scales) != (1.0,)
-               or bool(config.eval.hflip_tta))
+  propose = functools.partial(proposals_lib.propose_batch,
+                              **setup_model.proposal_settings(config))
+  augmented = tta_lib.is_augmented(config.eval)
   tta_propose = tta_lib.make_tta_propose(config, model) if augmented else None
 
   def predict(variables, batch):
@@ -289,14 +282,6 @@ def format_sweep(rows: list[dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def _tta_note(ev: ml_collections.ConfigDict) -> str:
-  """The table header's note of the test-time augmentation in use."""
-  scales = tuple(ev.tta_scales)
-  note = (["scales " + "/".join(f"{x:g}" for x in scales)]
-          if scales != (1.0,) else []) + (["flips"] if ev.hflip_tta else [])
-  return ", TTA " + " + ".join(note) if note else ""
-
-
 def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
                    output_dir: str, step: int | None = None,
                    num_images_to_draw: int = 0,
@@ -332,13 +317,15 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
     json.dump(record, f, indent=1)
   with open(os.path.join(output_dir, "detections.json"), "w") as f:
     json.dump(results, f)
+  tta_note = (", TTA " + tta_lib.describe(config.eval)
+              if tta_lib.is_augmented(config.eval) else "")
   print(f"\nPerson detection on {len(image_ids)} {config.data.val_split} images "
         f"(step {restored_step}, score >= {config.eval.score_threshold}, "
-        f"NMS {config.eval.nms_threshold}{_tta_note(config.eval)}), "
+        f"NMS {config.eval.nms_threshold}{tta_note}), "
         f"{len(image_ids) / seconds:.1f} img/s")
   print(coco_eval.format_table(metrics))
   if recall:
-    kind = ("fused proposals of the TTA passes" if _tta_note(config.eval)
+    kind = ("fused proposals of the TTA passes" if tta_note
             else "raw post-NMS proposals")
     print(f"Proposal recall ({kind}): " + ", ".join(
         f"{k} {v:.3f}" for k, v in recall.items()))

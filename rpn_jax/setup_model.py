@@ -128,6 +128,17 @@ def anchors_per_level(config: ml_collections.ConfigDict) -> tuple[int, ...]:
                for (h, w), _, sizes in anchor_levels(config))
 
 
+def proposal_settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The keyword arguments of `rpn_jax.proposals.propose_batch` that `config`
+  sets: proposals.*, the box coding and the level sizes of its canvas."""
+  p = config.proposals
+  return dict(pre_nms_top_k=p.pre_nms_top_k, nms_threshold=p.nms_threshold,
+              post_nms_top_k=p.post_nms_top_k, min_size=p.min_size,
+              weights=tuple(config.targets.box_weights),
+              clamp=tuple(config.targets.box_clamp),
+              level_sizes=anchors_per_level(config))
+
+
 def init_variables(config: ml_collections.ConfigDict, model: rpn_lib.RPN,
                    key: jax.Array) -> dict[str, Any]:
   """Random initial variables, with converted backbone weights grafted in when

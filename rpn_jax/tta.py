@@ -58,23 +58,27 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
   return jnp.stack(out_boxes), jnp.stack(out_scores)
 
 
-def scaled_canvas(image_size: int, scale: float) -> int:
-  """Side of the canvas a pass at `scale` runs on: round(image_size x scale)."""
-  return int(round(image_size * scale))
-
-
 def _proposer(config: ml_collections.ConfigDict, canvas: int) -> Callable:
   """propose_batch with the anchors of a `canvas`-pixel square canvas."""
   scaled = ml_collections.ConfigDict(config.to_dict())
   scaled.data.image_size = canvas
-  p = config.proposals
-  return functools.partial(
-      proposals_lib.propose_batch, jnp.asarray(setup_model.model_anchors(scaled)),
-      pre_nms_top_k=p.pre_nms_top_k, nms_threshold=p.nms_threshold,
-      post_nms_top_k=p.post_nms_top_k, min_size=p.min_size,
-      weights=tuple(config.targets.box_weights),
-      clamp=tuple(config.targets.box_clamp),
-      level_sizes=setup_model.anchors_per_level(scaled))
+  return functools.partial(proposals_lib.propose_batch,
+                           jnp.asarray(setup_model.model_anchors(scaled)),
+                           **setup_model.proposal_settings(scaled))
+
+
+def is_augmented(ev: ml_collections.ConfigDict) -> bool:
+  """Whether the eval.tta_* settings ask for more than the plain pass."""
+  return tuple(ev.tta_scales) != (1.0,) or bool(ev.hflip_tta)
+
+
+def describe(ev: ml_collections.ConfigDict) -> str:
+  """The passes of the eval.tta_* settings in words, e.g. 'scales 1/1.5 +
+  flips'."""
+  scales = tuple(ev.tta_scales)
+  parts = (["scales " + "/".join(f"{x:g}" for x in scales)]
+           if scales != (1.0,) else []) + (["flips"] if ev.hflip_tta else [])
+  return " + ".join(parts)
 
 
 def check_config(ev: ml_collections.ConfigDict) -> None:
@@ -96,7 +100,7 @@ def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
   ev = config.eval
   check_config(ev)
   size = config.data.image_size
-  canvases = [scaled_canvas(size, s) for s in ev.tta_scales]
+  canvases = [int(round(size * s)) for s in ev.tta_scales]
   if min(canvases) < 32:
     raise ValueError(f"eval.tta_scales {tuple(ev.tta_scales)}: a canvas of "
                      f"{min(canvases)} px from data.image_size {size}")
