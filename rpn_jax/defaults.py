@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   data.mean = (123.675, 116.28, 103.53)
   data.std = (58.395, 57.12, 57.375)
   data.hflip = False
+  # Training only: resize each letterboxed image by a factor from [lo, hi] and
+  # cut a random canvas-sized window (large scale jitter); (1, 1): off.
+  data.scale_jitter = (1.0, 1.0)
   data.num_workers = 4
   data.tfds_data_dir = ""
   data.synthetic = ml_collections.ConfigDict()
@@ -121,6 +124,9 @@ def base_config() -> ml_collections.ConfigDict:
   ev.tta_scales = (1.0,)
   ev.hflip_tta = False
   ev.tta_match_iou = 0.6
+  # An enlarged pass proposes and votes only below this box size (sqrt(w h),
+  # px of its canvas; SNIP-style, rpn_jax/tta.py); inf: no limit.
+  ev.tta_upscaled_max_size = math.inf
   ev.draw_score_threshold = 0.7
   ev.draw_nms_threshold = 0.2
   return config

@@ -8,6 +8,7 @@ be evaluated from one forward pass over the split.
 
 import functools
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -312,7 +313,11 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
                 nms_threshold=config.eval.nms_threshold,
                 tta_scales=list(config.eval.tta_scales),
                 hflip_tta=config.eval.hflip_tta,
-                tta_match_iou=config.eval.tta_match_iou)
+                tta_match_iou=config.eval.tta_match_iou,
+                tta_upscaled_max_size=(  # JSON has no inf: null is no limit
+                    config.eval.tta_upscaled_max_size
+                    if math.isfinite(config.eval.tta_upscaled_max_size)
+                    else None))
   with open(os.path.join(output_dir, "metrics.json"), "w") as f:
     json.dump(record, f, indent=1)
   with open(os.path.join(output_dir, "detections.json"), "w") as f:

@@ -217,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       dataset, batch_size=config.train.batch_size,
       image_size=config.data.image_size, max_boxes=config.data.max_boxes,
       shuffle=True, seed=config.seed, hflip=config.data.hflip,
+      scale_jitter=tuple(config.data.scale_jitter),
       drop_last=True, num_workers=config.data.num_workers,
       process_index=jax.process_index(), process_count=jax.process_count())
   steps_per_epoch = loader.steps_per_epoch

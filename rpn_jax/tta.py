@@ -10,6 +10,7 @@ all passes keeps its score; one seen by a single pass loses most of it.
 """
 
 import functools
+import math
 from typing import Any, Callable
 
 import jax
@@ -32,12 +33,26 @@ def unflip(boxes: jax.Array, canvas_w: float, image_hw: jax.Array) -> jax.Array:
                     boxes[..., 3]], axis=-1)
 
 
+def box_sizes(boxes: jax.Array) -> jax.Array:
+  """sqrt(w h) of boxes [..., 4] xyxy (0 for empty ones)."""
+  wh = jnp.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
+  return jnp.sqrt(wh[..., 0] * wh[..., 1])
+
+
 def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
-                match_iou: float) -> tuple[jax.Array, jax.Array]:
+                match_iou: float, max_sizes: jax.Array | None = None
+                ) -> tuple[jax.Array, jax.Array]:
   """One image's proposals of P passes, boxes [P, K, 4] xyxy, scores [P, K],
   valid [P, K] -> fused boxes [P, K, 4] and scores [P, K] (module docstring);
-  invalid entries are 0. With P = 1 the proposals are returned as they are."""
+  invalid entries are 0. With P = 1 the proposals are returned as they are.
+
+  max_sizes [P] (default: no limit): pass q votes only for boxes smaller
+  (box_sizes, same pixels as `boxes`) than max_sizes[q], and a box's score is
+  the mean over the passes that may vote for it (its own pass always counts;
+  the caller invalidates a pass's proposals outside its range)."""
   num_passes, k = scores.shape
+  if max_sizes is None:
+    max_sizes = jnp.full((num_passes,), jnp.inf)
   flat_boxes = boxes.reshape(num_passes * k, 4)
   flat_valid = valid.reshape(num_passes * k)
   out_boxes, out_scores = [], []
@@ -46,7 +61,8 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
                     0.0).reshape(k, num_passes, k)
     match = jnp.argmax(iou, axis=2)  # [K, P]
     best = jnp.take_along_axis(iou, match[..., None], axis=2)[..., 0]
-    others = (best >= match_iou) & (jnp.arange(num_passes) != p)[None]
+    votes = (box_sizes(boxes[p])[:, None] < max_sizes[None]).at[:, p].set(True)
+    others = (best >= match_iou) & (jnp.arange(num_passes) != p)[None] & votes
     weight = jnp.where(others, scores[jnp.arange(num_passes)[None], match], 0.0)
     partners = boxes[jnp.arange(num_passes)[None], match]  # [K, P, 4]
     total = scores[p] + weight.sum(1)
@@ -54,7 +70,7 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
         "kp,kpc->kc", weight, partners)) / jnp.maximum(total, 1e-12)[:, None]
     fused = jnp.where(others.any(1)[:, None], fused, boxes[p])
     out_boxes.append(jnp.where(valid[p][:, None], fused, 0.0))
-    out_scores.append(jnp.where(valid[p], total / num_passes, 0.0))
+    out_scores.append(jnp.where(valid[p], total / votes.sum(1), 0.0))
   return jnp.stack(out_boxes), jnp.stack(out_scores)
 
 
@@ -76,7 +92,10 @@ def describe(ev: ml_collections.ConfigDict) -> str:
   """The passes of the eval.tta_* settings in words, e.g. 'scales 1/1.5 +
   flips'."""
   scales = tuple(ev.tta_scales)
-  parts = (["scales " + "/".join(f"{x:g}" for x in scales)]
+  limit = (f" (enlarged below {ev.tta_upscaled_max_size:g} px)"
+           if max(scales) > 1 and math.isfinite(ev.tta_upscaled_max_size)
+           else "")
+  parts = (["scales " + "/".join(f"{x:g}" for x in scales) + limit]
            if scales != (1.0,) else []) + (["flips"] if ev.hflip_tta else [])
   return " + ".join(parts)
 
@@ -90,6 +109,9 @@ def check_config(ev: ml_collections.ConfigDict) -> None:
     raise ValueError(f"eval.tta_scales has a scale twice: {scales}")
   if not ev.tta_match_iou > 0:  # above 1 nothing matches: scores / P only
     raise ValueError(f"eval.tta_match_iou must be > 0, got {ev.tta_match_iou}")
+  if not ev.tta_upscaled_max_size > 0:
+    raise ValueError("eval.tta_upscaled_max_size must be > 0 (inf: no limit), "
+                     f"got {ev.tta_upscaled_max_size}")
 
 
 def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
@@ -107,11 +129,16 @@ def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
   passes = [(canvas, _proposer(config, canvas)) for canvas in canvases]
   flip = bool(ev.hflip_tta)
   min_size = config.proposals.min_size
+  # Each pass's size limit in the pixels of the unscaled canvas.
+  limits = [ev.tta_upscaled_max_size * size / canvas if canvas > size
+            else math.inf for canvas in canvases]
+  max_sizes = jnp.asarray(
+      [limit for limit in limits for _ in range(2 if flip else 1)], jnp.float32)
 
   def run(variables, images, image_hw):
     n = images.shape[0]
     all_boxes, all_scores, all_valid = [], [], []
-    for canvas, propose in passes:
+    for (canvas, propose), limit in zip(passes, limits):
       factor = canvas / size
       scaled = images if canvas == size else jax.image.resize(
           images, (n, canvas, canvas, images.shape[3]), "linear")
@@ -127,17 +154,19 @@ def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
         boxes = jnp.concatenate([boxes[:n], mirrored])
         valid = jnp.concatenate(
             [valid[:n], valid[n:] & boxes_lib.min_size_mask(mirrored, min_size)])
-        scores = jnp.where(valid, scores, 0.0)
+      boxes = boxes / factor
+      valid = valid & (box_sizes(boxes) < limit)
       for part in range(2 if flip else 1):
         rows = slice(part * n, (part + 1) * n)
-        all_boxes.append(boxes[rows] / factor)
-        all_scores.append(scores[rows])
+        all_boxes.append(boxes[rows])
+        all_scores.append(jnp.where(valid[rows], scores[rows], 0.0))
         all_valid.append(valid[rows])
     boxes = jnp.stack(all_boxes, axis=1)  # [B, P, K, 4]
     scores = jnp.stack(all_scores, axis=1)
     valid = jnp.stack(all_valid, axis=1)
     boxes, scores = jax.lax.map(
-        lambda x: fuse_passes(*x, match_iou=ev.tta_match_iou),
+        lambda x: fuse_passes(*x, match_iou=ev.tta_match_iou,
+                              max_sizes=max_sizes),
         (boxes, scores, valid))
     boxes = boxes.reshape(n, -1, 4)
     scores = scores.reshape(n, -1)

@@ -114,6 +114,33 @@ def test_flipped_entries():
     np.testing.assert_allclose(entry["boxes"][:len(boxes)], boxes, rtol=1e-6)
 
 
+def test_scale_jittered_entries():
+  ds = FakeDataset()
+  loader = _loader(ds, shuffle=False, hflip=False, drop_last=False,
+                   max_boxes=8, scale_jitter=(0.8, 2.0))
+  jitters = loader.jitters(0)
+  assert (jitters[:, 0] >= 0.8).all() and (jitters[:, 0] <= 2.0).all()
+  assert (jitters[:, 0] > 1.2).any() and (jitters[:, 0] < 1.0).any()
+  batches = list(loader.epoch(0))
+  for index, (factor, ox, oy) in enumerate(jitters):
+    image, record = ds.items[index]
+    canvas, boxes, keep, _, hw = transforms.scale_crop(
+        image, np.concatenate([record.boxes, record.crowd_boxes]), 32, factor,
+        (ox, oy))
+    entry = {k: v[index % 4] for k, v in batches[index // 4].items()}
+    np.testing.assert_array_equal(entry["image"], canvas)
+    n = int(keep[:len(record.boxes)].sum())
+    assert entry["box_valid"].sum() == n
+    np.testing.assert_allclose(entry["boxes"][:n],
+                               boxes[:len(record.boxes)][keep[:len(record.boxes)]])
+    assert tuple(entry["image_hw"]) == hw
+  _assert_same(batches, list(_loader(ds, shuffle=False, hflip=False,
+                                     drop_last=False, max_boxes=8,
+                                     scale_jitter=(0.8, 2.0)).epoch(0)))
+  with pytest.raises(ValueError, match="data.scale_jitter"):
+    _loader(ds, scale_jitter=(2.0, 1.0))
+
+
 def test_deterministic_and_independent_of_workers():
   ds = FakeDataset()
   first = list(_loader(ds).epoch(3))

@@ -44,6 +44,37 @@ def test_letterbox_no_boxes():
   assert out.shape == (0, 4) and canvas.shape == (40, 40, 3)
 
 
+def test_scale_crop_hand_computed():
+  # 40 x 80 image, canvas 20, factor 2: resized to 20 x 40 (scale 0.5), the
+  # 20 px of x slack at offset 0.5 start the window at x = 10.
+  image = _image(40, 80)
+  boxes = np.array([[24, 4, 36, 20],    # -> [2, 2, 8, 10]: inside
+                    [0, 0, 30, 40],     # -> [-10, 0, 5, 20] -> [0, 0, 5, 20]
+                    [0, 0, 22, 10],     # -> [-10, 0, 1, 5] -> 1 px wide
+                    [70, 30, 80, 40]],  # -> [25, 15, 30, 20]: outside
+                   np.float32)
+  canvas, out, keep, scale, hw = transforms.scale_crop(
+      image, boxes, 20, 2.0, (0.5, 0.9))
+  resized = np.asarray(Image.fromarray(image).resize((40, 20), Image.BILINEAR))
+  np.testing.assert_array_equal(canvas, resized[:, 10:30])
+  assert scale == 0.5 and hw == (20, 20)
+  np.testing.assert_allclose(out[:2], [[2, 2, 8, 10], [0, 0, 5, 20]])
+  np.testing.assert_array_equal(keep, [True, True, False, False])
+
+
+def test_scale_crop_below_one_is_a_smaller_letterbox():
+  image = _image(30, 60)
+  boxes = np.array([[6, 3, 60, 30]], np.float32)
+  canvas, out, keep, scale, hw = transforms.scale_crop(
+      image, boxes, 40, 0.5, (0.3, 0.7))
+  small, expected, small_scale, small_hw = transforms.letterbox(image, boxes, 20)
+  assert hw == small_hw == (10, 20) and scale == small_scale
+  np.testing.assert_array_equal(canvas[:20, :20], small)
+  assert not canvas[10:].any() and not canvas[:, 20:].any()
+  np.testing.assert_allclose(out, expected)
+  assert keep.all()
+
+
 def test_hflip_hand_computed():
   image = _image(4, 100)
   boxes = np.array([[10, 5, 30, 15], [0, 0, 100, 4]], np.float32)

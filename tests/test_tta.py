@@ -12,11 +12,13 @@ from rpn_jax import tta
 from tests import tiny_config
 
 
-def _predict(hflip_tta: bool, match_iou: float = 0.6, scales=(1.0,)):
+def _predict(hflip_tta: bool, match_iou: float = 0.6, scales=(1.0,),
+             upscaled_max_size: float = float("inf")):
   config = tiny_config.get_config()
   config.eval.hflip_tta = hflip_tta
   config.eval.tta_match_iou = match_iou
   config.eval.tta_scales = scales
+  config.eval.tta_upscaled_max_size = upscaled_max_size
   model = setup_model.build_model(config.model)
   variables = setup_model.init_variables(config, model, jax.random.key(3))
   fn = jax.jit(eval_lib.make_predict_fn(
@@ -50,11 +52,13 @@ def _nearest(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def predictors():
   return (_predict(False), _predict(True), _predict(True, match_iou=1.01),
-          _predict(False, match_iou=1.01, scales=(1.0, 1.5)))
+          _predict(False, match_iou=1.01, scales=(1.0, 1.5)),
+          _predict(False, match_iou=1.01, scales=(1.0, 1.5),
+                   upscaled_max_size=30.0))
 
 
 def test_flipping_the_input_mirrors_the_tta_output(predictors):
-  _, (config, predict), _, _ = predictors
+  _, (config, predict), _, _, _ = predictors
   size = config.data.image_size
   hw = (100, size)  # content spans the canvas width, so a flip is exact
   image = _canvas(size, hw, 0)
@@ -70,7 +74,7 @@ def test_flipping_the_input_mirrors_the_tta_output(predictors):
 
 
 def test_unmatched_tta_keeps_the_plain_proposals_at_half_score(predictors):
-  (config, plain), _, (_, unmatched), _ = predictors
+  (config, plain), _, (_, unmatched), _, _ = predictors
   size = config.data.image_size
   hw = (90, 70)  # letterboxed: the mirrored pass sees content on the right
   batch = _batch(_canvas(size, hw, 1), hw)
@@ -92,7 +96,7 @@ def test_unmatched_tta_keeps_the_plain_proposals_at_half_score(predictors):
 
 
 def test_unmatched_rescaled_pass_keeps_the_plain_proposals(predictors):
-  (config, plain), _, _, (_, rescaled) = predictors
+  (config, plain), _, _, (_, rescaled), _ = predictors
   size = config.data.image_size
   hw = (90, 70)
   batch = _batch(_canvas(size, hw, 2), hw)
@@ -107,6 +111,39 @@ def test_unmatched_rescaled_pass_keeps_the_plain_proposals(predictors):
   assert len(boxes_t) > len(boxes)
   assert boxes_t[:, [0, 2]].max() <= hw[1] + 1e-4
   assert boxes_t[:, [1, 3]].max() <= hw[0] + 1e-4
+
+
+def test_enlarged_pass_stays_below_its_size_limit(predictors):
+  # The 1.5x pass (192 px canvas) may propose and vote only below 30 px of
+  # its canvas, 20 px of the 128 px one: larger plain proposals keep their
+  # whole score (no other pass may vote), smaller ones are averaged over two.
+  (config, plain), _, _, _, (_, limited) = predictors
+  hw = (110, 128)
+  batch = _batch(_canvas(config.data.image_size, hw, 3), hw)
+  boxes, scores = _valid(plain(batch))
+  boxes_t, scores_t = _valid(limited(batch))
+  nearest, dist = _nearest(boxes, boxes_t)
+  assert dist.max() == 0.0
+  small = np.asarray(tta.box_sizes(boxes)) < 20.0
+  assert small.any() and (~small).any()
+  np.testing.assert_allclose(scores_t[nearest],
+                             np.where(small, scores / 2, scores), rtol=1e-6)
+  others = np.setdiff1d(np.arange(len(boxes_t)), nearest)
+  assert len(others) and np.asarray(tta.box_sizes(boxes_t[others])).max() < 20.0
+
+
+def test_size_limits_restrict_the_voters():
+  # Pass 1 may vote below 15 px: for the 10 px box the mean is over both
+  # passes, for the 20 px box over pass 0 alone, so it keeps its box and score.
+  boxes = jnp.array([[[0, 0, 10, 10], [20, 20, 40, 40]],
+                     [[0, 0, 10, 11], [20, 20, 40, 41]]], jnp.float32)
+  scores = jnp.array([[0.8, 0.6], [0.4, 0.2]])
+  fused, fused_scores = jax.device_get(tta.fuse_passes(
+      boxes, scores, jnp.ones((2, 2), bool), match_iou=0.8,
+      max_sizes=jnp.array([jnp.inf, 15.0])))
+  np.testing.assert_allclose(fused_scores[0], [0.6, 0.6], rtol=1e-6)
+  np.testing.assert_allclose(fused[0, 0], [0, 0, 10, 10 + 0.4 / 1.2], rtol=1e-6)
+  np.testing.assert_array_equal(fused[0, 1], boxes[0, 1])
 
 
 def test_fusion_hand_computed():
@@ -152,6 +189,7 @@ def test_three_passes_average_over_all():
     ("tta_scales", (1.0, 1.0), "eval.tta_scales has a scale twice"),
     ("tta_match_iou", 0.0, "eval.tta_match_iou must be > 0"),
     ("tta_scales", (1.0, 0.1), "a canvas of 13 px from data.image_size 128"),
+    ("tta_upscaled_max_size", 0.0, "eval.tta_upscaled_max_size must be > 0"),
 ])
 def test_bad_settings_name_the_key(key, value, message):
   config = tiny_config.get_config()

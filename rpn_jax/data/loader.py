@@ -1,7 +1,7 @@
 """Batches of letterboxed images and padded boxes, decoded in threads.
 
-The order of an epoch is a function of (seed, epoch) and each image's flip a
-function of (seed, epoch, dataset index), so an epoch can be restarted at
+The order of an epoch is a function of (seed, epoch) and each image's flip
+and scale jitter a function of (seed, epoch, dataset index), so an epoch can be restarted at
 any step and yields exactly the batches the uninterrupted epoch would have.
 """
 
@@ -38,7 +38,10 @@ class BatchLoader:
   scale 1). An undecodable image logs a warning naming the file, is counted in
   `stats["corrupt_images"]` and comes out the same way but keeps its image_id.
   `num_workers` threads decode (0: in the consumer's thread), at most
-  `prefetch_batches` batches ahead of the consumer.
+  `prefetch_batches` batches ahead of the consumer. `scale_jitter` (lo, hi)
+  other than (1, 1) resizes each image by a factor drawn from [lo, hi] after
+  the letterbox and cuts a random canvas-sized window (transforms.scale_crop);
+  boxes left with under 2 x 2 px in it are dropped.
 
   On several hosts, `batch_size` is the global batch and process
   `process_index` of `process_count` decodes and yields only its contiguous
@@ -49,10 +52,15 @@ class BatchLoader:
   def __init__(self, dataset: Dataset, *, batch_size: int, image_size: int,
                max_boxes: int, shuffle: bool, seed: int, hflip: bool = False,
                drop_last: bool, num_workers: int, prefetch_batches: int = 2,
-               process_index: int = 0, process_count: int = 1):
+               process_index: int = 0, process_count: int = 1,
+               scale_jitter: tuple[float, float] = (1.0, 1.0)):
     if batch_size < 1 or image_size < 1 or max_boxes < 1:
       raise ValueError(f"batch_size ({batch_size}), image_size ({image_size}) "
                        f"and max_boxes ({max_boxes}) must be positive")
+    lo, hi = (float(x) for x in scale_jitter)
+    if not 0 < lo <= hi:
+      raise ValueError(f"data.scale_jitter must be (lo, hi) with 0 < lo <= hi, "
+                       f"got {tuple(scale_jitter)}")
     if batch_size % process_count or not 0 <= process_index < process_count:
       raise ValueError(f"batch_size {batch_size} must split evenly over "
                        f"{process_count} processes (index {process_index})")
@@ -63,6 +71,7 @@ class BatchLoader:
     self.shuffle = shuffle
     self.seed = seed
     self.hflip = hflip
+    self.scale_jitter = (lo, hi)
     self.drop_last = drop_last
     self.num_workers = num_workers
     self.prefetch_batches = max(1, prefetch_batches)
@@ -91,6 +100,16 @@ class BatchLoader:
       return np.zeros(n, bool)
     return np.random.default_rng([self.seed, epoch, 1]).random(n) < 0.5
 
+  def jitters(self, epoch: int) -> np.ndarray | None:
+    """float [len(dataset), 3]: each dataset index's (factor, x offset,
+    y offset) for scale_crop in epoch `epoch`; None without scale jitter."""
+    if self.scale_jitter == (1.0, 1.0):
+      return None
+    rng = np.random.default_rng([self.seed, epoch, 2])
+    lo, hi = self.scale_jitter
+    n = len(self.dataset)
+    return np.stack([rng.uniform(lo, hi, n), rng.random(n), rng.random(n)], 1)
+
   def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
     """Batches start_step .. steps_per_epoch - 1 of epoch `epoch`."""
     steps = self.steps_per_epoch
@@ -99,10 +118,13 @@ class BatchLoader:
     b, local = self.batch_size, self.local_batch_size
     indices = self.order(epoch)[start_step * b:steps * b]
     flips = self.flips(epoch)
+    jitters = self.jitters(epoch)
     shares = [indices[first + self.process_index * local:
                       first + (self.process_index + 1) * local]
               for first in range(0, len(indices), b)]
-    work = [(int(i), bool(flips[i])) for share in shares for i in share]
+    work = [(int(i), bool(flips[i]),
+             None if jitters is None else tuple(jitters[i]))
+            for share in shares for i in share]
     if self.num_workers > 0:
       examples = self._threaded(work)
     else:
@@ -113,7 +135,7 @@ class BatchLoader:
     finally:
       examples.close()
 
-  def _threaded(self, work: list[tuple[int, bool]]) -> Iterator[Batch]:
+  def _threaded(self, work: list[tuple]) -> Iterator[Batch]:
     """The examples of `work` in order, decoded by a thread pool that stays
     at most `prefetch_batches` batches ahead of the consumer."""
     pool = concurrent.futures.ThreadPoolExecutor(
@@ -133,8 +155,10 @@ class BatchLoader:
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
-  def _example(self, index: int, flip: bool) -> Batch:
-    """One letterboxed, padded entry of the batch (without the B axis)."""
+  def _example(self, index: int, flip: bool,
+               jitter: tuple[float, float, float] | None = None) -> Batch:
+    """One letterboxed (or scale-jittered), padded entry of the batch
+    (without the B axis)."""
     try:
       image, record = self.dataset.load(index)
     except CorruptImageError as e:
@@ -145,9 +169,15 @@ class BatchLoader:
     boxes = np.concatenate([record.boxes, record.crowd_boxes]).reshape(-1, 4)
     if flip:
       image, boxes = transforms.hflip(image, boxes, record.width)
-    canvas, boxes, scale, hw = transforms.letterbox(image, boxes,
-                                                    self.image_size)
     n, m = len(record.boxes), len(record.crowd_boxes)
+    if jitter is None:
+      canvas, boxes, scale, hw = transforms.letterbox(image, boxes,
+                                                      self.image_size)
+    else:
+      canvas, boxes, keep, scale, hw = transforms.scale_crop(
+          image, boxes, self.image_size, jitter[0], jitter[1:])
+      n, m = int(keep[:n].sum()), int(keep[n:].sum())
+      boxes = boxes[keep]
     if n + m > self.max_boxes:
       with self._lock:
         self.stats["images_with_dropped_boxes"] += 1

@@ -36,6 +36,40 @@ def letterbox(image: np.ndarray, boxes: np.ndarray, size: int
   return canvas, boxes, float(scale), (h, w)
 
 
+def scale_crop(image: np.ndarray, boxes: np.ndarray, size: int, factor: float,
+               offset: tuple[float, float]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float,
+                          tuple[int, int]]:
+  """Scale jitter (LSJ-style): letterbox to a longer side of size x factor,
+  then the `size` x `size` window at `offset` (fractions (x, y) in [0, 1] of
+  the slack) of the result, top-left on a zero canvas.
+
+  image: uint8 [H, W, 3]; boxes: [n, 4] xyxy original pixels. Returns canvas
+  uint8 [size, size, 3], boxes (float32 [n, 4] canvas pixels, clipped to the
+  window), keep (bool [n]: at least 2 x 2 px left inside the window), scale
+  (canvas px / original px) and the (h, w) of the content in the canvas.
+  With factor <= 1 nothing is cut: letterbox with a smaller content.
+  """
+  height, width = image.shape[:2]
+  scale = size * factor / max(height, width)
+  h = max(1, int(round(height * scale)))
+  w = max(1, int(round(width * scale)))
+  if (h, w) != (height, width):
+    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+  x0 = int((w - size) * offset[0]) if w > size else 0
+  y0 = int((h - size) * offset[1]) if h > size else 0
+  window = image[y0:y0 + size, x0:x0 + size]
+  hw = window.shape[:2]
+  canvas = np.zeros((size, size, 3), np.uint8)
+  canvas[:hw[0], :hw[1]] = window
+  boxes = (np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(scale)
+           - np.array([x0, y0, x0, y0], np.float32))
+  limit = np.array([hw[1], hw[0], hw[1], hw[0]], np.float32)
+  boxes = np.clip(boxes, 0.0, limit)
+  keep = ((boxes[:, 2] - boxes[:, 0]) >= 2) & ((boxes[:, 3] - boxes[:, 1]) >= 2)
+  return canvas, boxes, keep, float(scale), (int(hw[0]), int(hw[1]))
+
+
 def hflip(image: np.ndarray, boxes: np.ndarray, width: int
           ) -> tuple[np.ndarray, np.ndarray]:
   """Mirrors image [H, W, 3] and xyxy boxes [n, 4] about the vertical axis of
