@@ -71,6 +71,23 @@ def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
     assert rows[(tiny.eval.score_threshold, 0.5)][key] == metrics[key]
   assert 0.0 <= metrics["AR@100"] <= 1.0
 
+  # The enlarged test-time passes through the same path: their boxes come back
+  # inside the original images, metrics.json names the settings.
+  scaled = tiny.copy_and_resolve_references()
+  scaled.eval.tta_scales = (1.0, 1.5)
+  scaled.eval.tta_upscaled_max_size = 48.0
+  tta_out = eval_lib.run_evaluation(scaled, workdir, str(tmp_path / "tta"))
+  assert tta_out["AP50"] > before["AP50"]
+  assert tta_out["tta_scales"] == [1.0, 1.5]
+  assert tta_out["tta_upscaled_max_size"] == 48.0
+  tta_dt = gt.loadRes(str(tmp_path / "tta" / "detections.json"))
+  assert len(tta_dt.anns) > 0
+  for det in tta_dt.anns.values():
+    image = gt.imgs[det["image_id"]]
+    x, y, w, h = det["bbox"]
+    assert x >= 0 and y >= 0 and w > 0 and h > 0
+    assert x + w <= image["width"] + 1 and y + h <= image["height"] + 1
+
 
 def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
   straight = str(tmp_path / "straight")
