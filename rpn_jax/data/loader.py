@@ -1,8 +1,9 @@
 """Batches of letterboxed images and padded boxes, decoded in threads.
 
 The order of an epoch is a function of (seed, epoch) and each image's flip
-and scale jitter a function of (seed, epoch, dataset index), so an epoch can be restarted at
-any step and yields exactly the batches the uninterrupted epoch would have.
+and scale jitter a function of (seed, epoch, dataset index), so an epoch can
+be restarted at any step and yields exactly the batches the uninterrupted
+epoch would have.
 """
 
 import collections
