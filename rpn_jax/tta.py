@@ -35,8 +35,7 @@ def unflip(boxes: jax.Array, canvas_w: float, image_hw: jax.Array) -> jax.Array:
 
 def box_sizes(boxes: jax.Array) -> jax.Array:
   """sqrt(w h) of boxes [..., 4] xyxy (0 for empty ones)."""
-  wh = jnp.maximum(boxes[..., 2:] - boxes[..., :2], 0.0)
-  return jnp.sqrt(wh[..., 0] * wh[..., 1])
+  return jnp.sqrt(jnp.maximum(boxes_lib.box_area(boxes), 0.0))
 
 
 def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
