@@ -14,6 +14,17 @@ Array = TypeVar("Array")  # np.ndarray or jax.Array
 _overflow_warned = False
 
 
+def _resized(image: np.ndarray, scale: float) -> np.ndarray:
+  """uint8 [H, W, 3] -> [round(H scale), round(W scale), 3] (each at least
+  1 px), PIL bilinear; unchanged when the size is."""
+  height, width = image.shape[:2]
+  h = max(1, int(round(height * scale)))
+  w = max(1, int(round(width * scale)))
+  if (h, w) == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+
+
 def letterbox(image: np.ndarray, boxes: np.ndarray, size: int
               ) -> tuple[np.ndarray, np.ndarray, float, tuple[int, int]]:
   """Resizes the longer side to `size` (aspect kept, PIL bilinear) and puts
@@ -24,12 +35,9 @@ def letterbox(image: np.ndarray, boxes: np.ndarray, size: int
   pixels), scale = size / max(H, W), and (h, w) of the resized content
   (round(H * scale), round(W * scale)).
   """
-  height, width = image.shape[:2]
-  scale = size / max(height, width)
-  h = min(size, max(1, int(round(height * scale))))
-  w = min(size, max(1, int(round(width * scale))))
-  if (h, w) != (height, width):
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+  scale = size / max(image.shape[:2])
+  image = _resized(image, scale)
+  h, w = image.shape[:2]
   canvas = np.zeros((size, size, 3), np.uint8)
   canvas[:h, :w] = image
   boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32(scale)
@@ -50,12 +58,9 @@ def scale_crop(image: np.ndarray, boxes: np.ndarray, size: int, factor: float,
   (canvas px / original px) and the (h, w) of the content in the canvas.
   With factor <= 1 nothing is cut: letterbox with a smaller content.
   """
-  height, width = image.shape[:2]
-  scale = size * factor / max(height, width)
-  h = max(1, int(round(height * scale)))
-  w = max(1, int(round(width * scale)))
-  if (h, w) != (height, width):
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
+  scale = size * factor / max(image.shape[:2])
+  image = _resized(image, scale)
+  h, w = image.shape[:2]
   x0 = int((w - size) * offset[0]) if w > size else 0
   y0 = int((h - size) * offset[1]) if h > size else 0
   window = image[y0:y0 + size, x0:x0 + size]
