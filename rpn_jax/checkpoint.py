@@ -24,7 +24,7 @@ CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
 # Settings that decide the shapes or meaning of the saved parameters: a
 # checkpoint is only restored under a config that agrees on all of them.
-_MODEL_KEYS = ("model", "data.image_size")
+_MODEL_KEYS = ("model",)
 # Settings that only matter when a run starts from scratch.
 _INIT_ONLY_KEYS = ("model.pretrained", "model.dtype")
 
@@ -48,6 +48,16 @@ def _fill_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str,
     elif isinstance(v, dict) and isinstance(out[k], dict):
       out[k] = _fill_defaults(out[k], v)
   return out
+
+
+def _tuples(tree: Any) -> Any:
+  """JSON's lists back to the tuples every config sequence is (so that
+  `--config.eval.tta_scales='(1, 2)'` can override a restored config)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
 
 
 def _with_base_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +90,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a rpn_jax "
                             "training directory (train.py --workdir ...)")
   with open(path) as f:
-    return ml_collections.ConfigDict(_with_base_defaults(json.load(f)))
+    return ml_collections.ConfigDict(_tuples(_with_base_defaults(json.load(f))))
 
 
 def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -115,6 +115,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.eval = ev = ml_collections.ConfigDict()
   ev.batch_size = 8
+  # Letterbox canvas of the val images; 0: data.image_size. No parameter
+  # depends on the canvas, so a model trained on small canvases (fast) may be
+  # evaluated on larger ones (small persons keep more pixels).
+  ev.image_size = 0
   ev.score_threshold = 0.4
   ev.nms_threshold = 0.5
   ev.max_detections = 100

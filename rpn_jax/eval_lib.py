@@ -79,10 +79,26 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
   return predict
 
 
+def with_eval_canvas(config: ml_collections.ConfigDict
+                     ) -> ml_collections.ConfigDict:
+  """`config` with data.image_size set to eval.image_size (0: as it is)."""
+  size = config.eval.image_size
+  if size < 0:
+    raise ValueError("eval.image_size must be >= 0 (0: data.image_size), "
+                     f"got {size}")
+  if not size:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.image_size = size
+  return config
+
+
 def predict_proposals(config: ml_collections.ConfigDict,
                       variables: dict[str, Any], dataset: Any) -> Proposals:
-  """Runs the model over `dataset` and returns its proposals in original
-  pixels, with a progress bar (images/s)."""
+  """Runs the model over `dataset`, letterboxed to the eval.image_size canvas
+  (with_eval_canvas), and returns its proposals in original pixels, with a
+  progress bar (images/s)."""
+  config = with_eval_canvas(config)
   model = setup_model.build_model(config.model)
   anchors = setup_model.model_anchors(config)
   mesh = parallel.data_mesh()
@@ -291,6 +307,7 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   """evaluate.py: restore, predict, select, COCOeval; writes metrics.json,
   detections.json (sweep.json, pictures) into `output_dir`; returns the
   metrics of the configured thresholds."""
+  canvas = with_eval_canvas(config).data.image_size
   variables, restored_step = restore_variables(config, ckpt_dir, step)
   dataset = open_dataset(config.data, config.data.val_split)
   os.makedirs(output_dir, exist_ok=True)
@@ -309,6 +326,7 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   record = dict(metrics, **recall,
                 annotation_file=os.path.abspath(dataset.annotation_file),
                 image_ids=image_ids, step=restored_step,
+                image_size=canvas,
                 score_threshold=config.eval.score_threshold,
                 nms_threshold=config.eval.nms_threshold,
                 tta_scales=list(config.eval.tta_scales),
@@ -325,7 +343,8 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   tta_note = (", TTA " + tta_lib.describe(config.eval)
               if tta_lib.is_augmented(config.eval) else "")
   print(f"\nPerson detection on {len(image_ids)} {config.data.val_split} images "
-        f"(step {restored_step}, score >= {config.eval.score_threshold}, "
+        f"(step {restored_step}, {canvas} px canvas, "
+        f"score >= {config.eval.score_threshold}, "
         f"NMS {config.eval.nms_threshold}{tta_note}), "
         f"{len(image_ids) / seconds:.1f} img/s")
   print(coco_eval.format_table(metrics))

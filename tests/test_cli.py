@@ -62,13 +62,15 @@ def test_cli_train_then_evaluate_on_a_coco_folder(tmp_path):
   out = str(tmp_path / "eval")
   proc = run("evaluate.py", f"--ckpt={workdir}", f"--output_dir={out}",
              "--config.eval.score_threshold=0.0", "--num_images_to_draw=2",
+             "--config.eval.tta_scales=(1.0,1.25)",
              "--sweep_score=0.0,0.5", "--sweep_nms=0.5")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "| 종류 |" in proc.stdout and "maxDets" in proc.stdout
   assert proc.stdout.count("|  AP  |") == 6 and proc.stdout.count("|  AR  |") == 6
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
-  assert metrics["score_threshold"] == 0.0  # the override reached the eval
+  assert metrics["score_threshold"] == 0.0  # the overrides reached the eval,
+  assert metrics["tta_scales"] == [1.0, 1.25]  # a tuple one included
   assert metrics["step"] == 3
   assert os.path.isfile(os.path.join(out, "pictures", "test1.jpg"))
   with open(os.path.join(out, "sweep.json")) as f:

@@ -91,6 +91,19 @@ def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
     assert x >= 0 and y >= 0 and w > 0 and h > 0
     assert x + w <= image["width"] + 1 and y + h <= image["height"] + 1
 
+  # Evaluated on larger canvases than it was trained on (eval.image_size):
+  # still learnt, boxes still in original pixels.
+  larger = tiny.copy_and_resolve_references()
+  larger.eval.image_size = 160
+  big = eval_lib.run_evaluation(larger, workdir, str(tmp_path / "larger"))
+  assert big["image_size"] == 160 and metrics["image_size"] == 128
+  assert big["AP50"] > before["AP50"]
+  big_dt = gt.loadRes(str(tmp_path / "larger" / "detections.json"))
+  for det in big_dt.anns.values():
+    x, y, w, h = det["bbox"]
+    image = gt.imgs[det["image_id"]]
+    assert x + w <= image["width"] + 1 and y + h <= image["height"] + 1
+
 
 def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
   straight = str(tmp_path / "straight")

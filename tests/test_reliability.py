@@ -107,12 +107,24 @@ def test_resume_under_another_model_config_names_the_keys(tiny, tmp_path):
   checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
   tiny.train.epochs = 99  # not a model setting: fine
   checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
+  tiny.data.image_size = 160  # shapes no parameter: fine
+  checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
   tiny.model.width = 16
-  tiny.data.image_size = 160
-  with pytest.raises(ValueError, match="data.image_size.*model.width"):
+  tiny.model.head_channels = 16
+  with pytest.raises(ValueError, match="model.head_channels.*model.width"):
     checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
-  with pytest.raises(ValueError, match="other model settings: data.image_size, model.width"):
+  with pytest.raises(ValueError, match="other model settings: model.head_channels, model.width"):
     eval_lib.restore_variables(tiny, str(tmp_path))
+
+
+def test_eval_canvas_is_eval_image_size_or_the_training_one(tiny):
+  assert eval_lib.with_eval_canvas(tiny).data.image_size == tiny.data.image_size
+  tiny.eval.image_size = 160
+  assert eval_lib.with_eval_canvas(tiny).data.image_size == 160
+  assert tiny.data.image_size == 128
+  tiny.eval.image_size = -1
+  with pytest.raises(ValueError, match="eval.image_size must be >= 0"):
+    eval_lib.with_eval_canvas(tiny)
 
 
 _KEYS_ADDED_LATER = (("model", "fpn"), ("model", "fpn_channels"), ("train", "optimizer"))
