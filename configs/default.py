@@ -30,9 +30,10 @@ What differs from the seed's recipe (PROTOCOL.md), and why:
 - 15,000 synthetic images drawn (13,349 with a person), each seen twice,
   instead of 2,000 seen 11 times: the model had AP 0.34 on its own training
   images against 0.24 on val, and new pictures close part of that gap (AP
-  0.300 vs 0.269 with 12,000 images at the same 2,453 steps); drawing them
-  takes ~30 s here. 3,336 steps (two epochs) instead of 2,222 (two epochs
-  of 10,000 drawn) are what took AP from 0.36 to 0.41 (README.md);
+  0.300 vs 0.269 with 12,000 images at the same 2,453 steps); drawing
+  them, imports and setup take ~28 s of a cold run here. 3,336 steps (two
+  epochs) instead of 2,222 (two epochs of 10,000 drawn) took AP from 0.358
+  to 0.413 on the Intel host (seed 0, scales 1, 4/3, 2.5; seed 1: 0.386);
 - detections down to score 0.05 (the seed's 0.4 suits sampled BCE scores;
   quality focal scores are lower, and cutting at 0.4 costs AP);
 - test-time augmentation (rpn_jax/tta.py): the val canvases are also
