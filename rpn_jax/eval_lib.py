@@ -86,11 +86,7 @@ def with_eval_canvas(config: ml_collections.ConfigDict
   if size < 0:
     raise ValueError("eval.image_size must be >= 0 (0: data.image_size), "
                      f"got {size}")
-  if not size:
-    return config
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.data.image_size = size
-  return config
+  return setup_model.on_canvas(config, size) if size else config
 
 
 def predict_proposals(config: ml_collections.ConfigDict,

@@ -85,6 +85,15 @@ def _anchor_scales(model_cfg: ml_collections.ConfigDict) -> tuple[float, ...]:
   return scales
 
 
+def on_canvas(config: ml_collections.ConfigDict, image_size: int
+              ) -> ml_collections.ConfigDict:
+  """A copy of `config` with data.image_size = `image_size` (the anchors,
+  loader and proposals of another canvas; no parameter depends on it)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data.image_size = image_size
+  return config
+
+
 def map_hw(image_size: int, stride: int) -> tuple[int, int]:
   """(H, W) of the stride-`stride` map of a square `image_size` canvas."""
   # Every stride-2 layer of the ResNet (and FPN's P6) rounds up.

@@ -75,8 +75,7 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
 
 def _proposer(config: ml_collections.ConfigDict, canvas: int) -> Callable:
   """propose_batch with the anchors of a `canvas`-pixel square canvas."""
-  scaled = ml_collections.ConfigDict(config.to_dict())
-  scaled.data.image_size = canvas
+  scaled = setup_model.on_canvas(config, canvas)
   return functools.partial(proposals_lib.propose_batch,
                            jnp.asarray(setup_model.model_anchors(scaled)),
                            **setup_model.proposal_settings(scaled))
