@@ -46,6 +46,48 @@ class FrozenBatchNorm(nn.Module):
         return x.astype(self.dtype) * mult.astype(self.dtype) + shift.astype(self.dtype)
 
 
+class BatchNorm(nn.Module):
+    """torch.nn.BatchNorm2d (momentum 0.1) over NHWC: batch statistics in training.
+
+    Normalises with the biased variance of the batch, as torch and Flax do,
+    but keeps the unbiased one (n / (n - 1), n = B*H*W) in the running
+    average, as torch does and Flax's `nn.BatchNorm` does not, so running
+    statistics stay those a torchvision model would have after the same steps.
+    Parameter and statistic names are Flax's ("scale", "bias"; "mean", "var").
+    Statistics are computed in float32 whatever the compute dtype.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.1
+    epsilon: float = BN_EPSILON
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        shape = (x.shape[-1],)
+        scale = self.param("scale", nn.initializers.ones, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, shape, jnp.float32)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, shape, jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, shape, jnp.float32)
+        if self.use_running_average:
+            mean, var = running_mean.value, running_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            x32 = x.astype(jnp.float32)
+            mean = jnp.mean(x32, axes)
+            # E[x^2] - E[x]^2 (one pass, as Flax's fast variance), never negative.
+            var = jnp.maximum(jnp.mean(jnp.square(x32), axes) - jnp.square(mean), 0.0)
+            if not self.is_initializing():
+                n = x.size // x.shape[-1]
+                unbiased = var * (n / max(n - 1, 1))
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * mean
+                running_var.value = (1 - m) * running_var.value + m * unbiased
+        mult = scale * lax.rsqrt(var + self.epsilon)
+        shift = bias - mean * mult
+        return x.astype(self.dtype) * mult.astype(self.dtype) + shift.astype(self.dtype)
+
+
 def group_count(channels: int, max_groups: int = 32) -> int:
     """Largest number of groups <= max_groups that divides `channels`."""
     return max(g for g in range(1, min(max_groups, channels) + 1) if channels % g == 0)
@@ -54,21 +96,13 @@ def group_count(channels: int, max_groups: int = 32) -> int:
 def make_norm(norm: str, channels: int, train: bool, dtype: Any, name: str) -> nn.Module:
     """Normalisation layer for `norm` ("frozen_bn" | "bn" | "gn").
 
-    "bn" is train-mode BatchNorm when `train` (batch statistics, running stats
-    updated with torchvision's momentum 0.1, i.e. Flax momentum 0.9; Flax keeps the
-    biased batch variance in the running average where torch keeps the unbiased one).
+    "bn" is `BatchNorm`: batch statistics when `train`, running statistics
+    updated as torch's BatchNorm2d updates them.
     """
     if norm == "frozen_bn":
         return FrozenBatchNorm(dtype=dtype, name=name)
     if norm == "bn":
-        return nn.BatchNorm(
-            use_running_average=not train,
-            momentum=0.9,
-            epsilon=BN_EPSILON,
-            dtype=dtype,
-            param_dtype=jnp.float32,
-            name=name,
-        )
+        return BatchNorm(use_running_average=not train, dtype=dtype, name=name)
     if norm == "gn":
         return nn.GroupNorm(
             num_groups=group_count(channels),
