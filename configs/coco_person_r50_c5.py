@@ -21,8 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.image_size = 1024
   config.data.person_images_only = True
   # The seed subtracted the mean only (no std), with ImageNet weights trained on
-  # std-normalised input; we default to what the weights expect. Set
-  # data.std=(1.,1.,1.) for the seed's exact preprocessing.
+  # std-normalised input; we default to what the weights expect.
+  # data.pixel_norm="mean_only" is the seed's preprocessing, and
+  # configs/coco_person_r50_c5_exact.py sets it with the seed's other details.
   config.model.backbone = "resnet50"
   # The seed ran train-mode BatchNorm over a batch of 8 split across GPUs.
   config.model.norm = "bn"

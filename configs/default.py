@@ -74,6 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.head_convs = 2
   config.model.freeze = ()
   config.model.anchor_sizes = (16.0, 32.0, 64.0, 128.0, 256.0)
+  # Half-cell centres: for this FPN + ATSS recipe the switch to torchvision's
+  # grid (offset 0) moved synthetic val AP by under 0.01 (0.440 vs 0.447); the
+  # IoU-matched C5 recipes take offset 0, where it matters.
+  config.model.anchor_offset = 0.5
   config.targets.assigner = "atss"
   config.targets.num_samples = 0
   config.targets.normalizer = "positives"

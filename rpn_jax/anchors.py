@@ -6,6 +6,9 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+# Values of ``model.anchor_placement`` (``generate_anchors``' ``placement``).
+PLACEMENTS = ("centred", "seed")
+
 
 def generate_anchors(
     feature_hw: Tuple[int, int],
@@ -13,15 +16,23 @@ def generate_anchors(
     sizes: Sequence[float],
     ratios: Sequence[float],
     offset: float = 0.5,
+    *,
+    placement: str = "centred",
 ) -> np.ndarray:
     """Anchors of a ``feature_hw = (H, W)`` feature map with the given stride.
 
     Each cell gets ``A = len(ratios) * len(sizes)`` anchors, anchor index
-    ``a = ratio_index * len(sizes) + size_index`` (torchvision's order), with
-    ratio = height / width and area size**2, centred at
-    ``((col + offset) * stride, (row + offset) * stride)``. ``offset=0.0`` puts
-    centres on torchvision's grid (torchvision also rounds its base anchors to
-    integers; these are not rounded).
+    ``a = ratio_index * len(sizes) + size_index`` (torchvision's order), ratio =
+    height / width. ``placement`` (``model.anchor_placement``) decides where:
+
+    - ``"centred"`` (the standard): area size**2 at every ratio, centred at
+      ``((col + offset) * stride, (row + offset) * stride)``. ``offset=0.0``
+      puts centres on torchvision's grid (torchvision also rounds its base
+      anchors to integers; these are not rounded).
+    - ``"seed"``: the original implementation's anchors (seed/PROTOCOL.md,
+      "Model"): top-left corner at the cell's corner
+      ``(col * stride, row * stride)``, width ``size``, height
+      ``size * ratio`` (area not kept across ratios). ``offset`` is unused.
 
     Returns:
       ``[H * W * A, 4]`` float32 xyxy pixels, ordered (row, column, anchor), the
@@ -38,6 +49,18 @@ def generate_anchors(
         raise ValueError("generate_anchors: sizes and ratios must be non-empty 1-D sequences")
     if np.any(sizes <= 0) or np.any(ratios <= 0):
         raise ValueError("generate_anchors: sizes and ratios must be positive")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"model.anchor_placement must be one of {PLACEMENTS}, got {placement!r}")
+
+    if placement == "seed":
+        # [A] extents, ratio-major; corners on the cell grid, not centres.
+        w = np.broadcast_to(sizes[None, :], (ratios.size, sizes.size)).reshape(-1)
+        h = (sizes[None, :] * ratios[:, None]).reshape(-1)
+        zero = np.zeros((height, width, w.size))
+        x0 = zero + (np.arange(width, dtype=np.float64) * stride)[None, :, None]
+        y0 = zero + (np.arange(height, dtype=np.float64) * stride)[:, None, None]
+        anchors = np.stack([x0, y0, x0 + w, y0 + h], axis=-1)
+        return anchors.reshape(-1, 4).astype(np.float32)
 
     # [A] half extents, ratio-major: sqrt(ratio) stretches height, shrinks width.
     half_w = (sizes[None, :] / np.sqrt(ratios)[:, None]).reshape(-1) / 2

@@ -31,6 +31,9 @@ def base_config() -> ml_collections.ConfigDict:
   # RGB order, 0-255 range; the ImageNet statistics torchvision's weights expect.
   data.mean = (123.675, 116.28, 103.53)
   data.std = (58.395, 57.12, 57.375)
+  # "mean_std": (x - mean) / std; "mean_only": x - mean, std unused (the seed,
+  # whose weights expected std-normalised input: PROTOCOL.md "Input").
+  data.pixel_norm = "mean_std"
   data.hflip = False
   # Training only: resize each letterboxed image by a factor from [lo, hi] and
   # cut a random canvas-sized window (large scale jitter); (1, 1): off.
@@ -62,7 +65,14 @@ def base_config() -> ml_collections.ConfigDict:
   model.anchor_ratios = (0.5, 1.0, 2.0)
   # Each size times each scale; RetinaNet's octave scales are (1, 2^(1/3), 2^(2/3)).
   model.anchor_scales = (1.0,)
-  model.anchor_offset = 0.5
+  # Anchor centres at (cell + offset) * stride. 0: torchvision's and
+  # detectron2's grid, where every strided conv (padding k // 2) centres cell
+  # i on input pixel stride * i; 0.5 shifts each anchor by half a stride from
+  # what its cell sees (docs/experiments.md, "Anchor placement").
+  model.anchor_offset = 0.0
+  # "centred": as above, area size^2 kept across ratios; "seed": the original's
+  # top-left corner at the cell corner, w = size, h = size * ratio (no offset).
+  model.anchor_placement = "centred"
   model.pretrained = ""  # npz written by `python -m rpn_jax.weights`
   model.dtype = "float32"
 
@@ -74,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 2020), atss_top_k nearest anchors per level and gt box as candidates
   targets.assigner = "iou"
   targets.atss_top_k = 9
+  # Which anchors get labels: "anchors", every one (the standard); "proposals",
+  # only those behind each image's post-NMS proposals (the seed; assigner iou).
+  targets.label_on = "anchors"
   targets.num_samples = 256  # anchors sampled per image; 0 = every labelled anchor
   targets.positive_fraction = 0.5
   targets.box_weights = (1.0, 1.0, 1.0, 1.0)

@@ -63,10 +63,10 @@ def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
                               **setup_model.proposal_settings(config))
   augmented = tta_lib.is_augmented(config.eval)
   tta_propose = tta_lib.make_tta_propose(config, model) if augmented else None
+  mean, std = transforms.pixel_norm_stats(config.data)
 
   def predict(variables, batch):
-    images = transforms.normalize_images(
-        batch["image"], tuple(config.data.mean), tuple(config.data.std))
+    images = transforms.normalize_images(batch["image"], mean, std)
     if augmented:
       boxes, scores, valid = tta_propose(variables, images, batch["image_hw"])
     else:

@@ -45,6 +45,49 @@ def _separate_levels(boxes: jax.Array, levels: np.ndarray, valid: jax.Array) -> 
     return boxes + (jnp.asarray(levels) * (max_coordinate + 1.0))[:, None]
 
 
+def propose_indexed(
+    anchors: jax.Array,
+    logits: jax.Array,
+    deltas: jax.Array,
+    image_hw: jax.Array,
+    *,
+    pre_nms_top_k: int = 12000,
+    nms_threshold: float = 0.7,
+    post_nms_top_k: int = 1000,
+    min_size: float = 1e-3,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: Clamp = None,
+    level_sizes: Optional[Sequence[int]] = None,
+) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``propose`` (same arguments and results), plus the anchor behind each proposal.
+
+    Returns:
+      ``boxes [K, 4]``, ``scores [K]``, ``valid [K]`` as ``propose``, and
+      ``anchor_index [K] int32``: the row of ``anchors`` (and of ``logits``,
+      ``deltas``) each proposal was decoded from; distinct over the valid
+      entries, 0 where ``valid`` is False. For labelling the proposals'
+      anchors in training (``targets.proposal_targets``).
+    """
+    logits = jnp.asarray(logits, jnp.float32)
+    if logits.ndim != 1 or logits.shape[0] == 0:
+        raise ValueError(f"propose: logits must be [N] with N > 0, got {logits.shape}")
+    level_sizes = (logits.shape[0],) if level_sizes is None else tuple(int(n) for n in level_sizes)
+    if sum(level_sizes) != logits.shape[0] or min(level_sizes) <= 0:
+        raise ValueError(
+            f"propose: level_sizes {level_sizes} must be positive and sum to N={logits.shape[0]}"
+        )
+    top_logits, top_idx, levels = _top_k_per_level(logits, int(pre_nms_top_k), level_sizes)
+    boxes = decode(anchors[top_idx], deltas[top_idx], weights, clamp)
+    boxes = clip_boxes(boxes, image_hw)
+    big_enough = min_size_mask(boxes, min_size)
+    nms_boxes = boxes if len(level_sizes) == 1 else _separate_levels(boxes, levels, big_enough)
+    keep, valid = nms_padded(nms_boxes, top_logits, nms_threshold, post_nms_top_k, valid=big_enough)
+    out_boxes = jnp.where(valid[:, None], boxes[keep], 0.0)
+    scores = jnp.where(valid, jax.nn.sigmoid(top_logits[keep]), 0.0)
+    anchor_index = jnp.where(valid, top_idx[keep], 0).astype(jnp.int32)
+    return out_boxes, scores, valid, anchor_index
+
+
 def propose(
     anchors: jax.Array,
     logits: jax.Array,
@@ -83,23 +126,11 @@ def propose(
       descending over the valid entries, ``valid [K]`` bool; invalid entries
       are zero.
     """
-    logits = jnp.asarray(logits, jnp.float32)
-    if logits.ndim != 1 or logits.shape[0] == 0:
-        raise ValueError(f"propose: logits must be [N] with N > 0, got {logits.shape}")
-    level_sizes = (logits.shape[0],) if level_sizes is None else tuple(int(n) for n in level_sizes)
-    if sum(level_sizes) != logits.shape[0] or min(level_sizes) <= 0:
-        raise ValueError(
-            f"propose: level_sizes {level_sizes} must be positive and sum to N={logits.shape[0]}"
-        )
-    top_logits, top_idx, levels = _top_k_per_level(logits, int(pre_nms_top_k), level_sizes)
-    boxes = decode(anchors[top_idx], deltas[top_idx], weights, clamp)
-    boxes = clip_boxes(boxes, image_hw)
-    big_enough = min_size_mask(boxes, min_size)
-    nms_boxes = boxes if len(level_sizes) == 1 else _separate_levels(boxes, levels, big_enough)
-    keep, valid = nms_padded(nms_boxes, top_logits, nms_threshold, post_nms_top_k, valid=big_enough)
-    out_boxes = jnp.where(valid[:, None], boxes[keep], 0.0)
-    scores = jnp.where(valid, jax.nn.sigmoid(top_logits[keep]), 0.0)
-    return out_boxes, scores, valid
+    boxes, scores, valid, _ = propose_indexed(
+        anchors, logits, deltas, image_hw, pre_nms_top_k=pre_nms_top_k,
+        nms_threshold=nms_threshold, post_nms_top_k=post_nms_top_k, min_size=min_size,
+        weights=weights, clamp=clamp, level_sizes=level_sizes)
+    return boxes, scores, valid
 
 
 def propose_batch(
@@ -115,3 +146,15 @@ def propose_batch(
     ``[B, 2]`` -> boxes ``[B, K, 4]``, scores ``[B, K]``, valid ``[B, K]``.
     """
     return jax.vmap(lambda l, d, hw: propose(anchors, l, d, hw, **kwargs))(logits, deltas, image_hw)
+
+
+def propose_batch_indexed(
+    anchors: jax.Array,
+    logits: jax.Array,
+    deltas: jax.Array,
+    image_hw: jax.Array,
+    **kwargs,
+) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``propose_indexed`` over a batch, as ``propose_batch``: also ``anchor_index [B, K]``."""
+    return jax.vmap(lambda l, d, hw: propose_indexed(anchors, l, d, hw, **kwargs))(
+        logits, deltas, image_hw)

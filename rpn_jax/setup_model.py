@@ -121,11 +121,13 @@ def anchor_levels(config: ml_collections.ConfigDict
 
 def model_anchors(config: ml_collections.ConfigDict) -> np.ndarray:
   """Anchors [N, 4] xyxy canvas pixels, in the head's output order: level by
-  level (`anchor_levels`), each in (row, column, anchor) order."""
+  level (`anchor_levels`), each in (row, column, anchor) order, placed as
+  model.anchor_placement says (`anchors.generate_anchors`)."""
   return np.concatenate([
       anchors_lib.generate_anchors(
           hw, stride, sizes, tuple(config.model.anchor_ratios),
-          offset=config.model.anchor_offset)
+          offset=config.model.anchor_offset,
+          placement=config.model.anchor_placement)
       for hw, stride, sizes in anchor_levels(config)])
 
 

@@ -236,16 +236,107 @@ def rpn_targets(
         matched_idx, labels = match_anchors(anchors, gt_boxes, gt_valid & ~gt_crowd, high, low)
     else:
         raise ValueError(f"targets.assigner must be 'iou' or 'atss', got {assigner!r}")
-    if gt_boxes.shape[0] > 0:
-        in_crowd = jnp.any((box_ioa(anchors, gt_boxes) >= crowd_ioa) & gt_crowd[None, :], axis=1)
-        labels = jnp.where((labels == 0) & in_crowd, -1, labels)
+    labels = _ignore_in_crowd(anchors, labels, gt_boxes, gt_crowd, crowd_ioa)
+    return _sampled_targets(key, anchors, labels, matched_idx, gt_boxes, num_samples,
+                            positive_fraction, weights, clamp)
+
+
+def _ignore_in_crowd(boxes: jax.Array, labels: jax.Array, gt_boxes: jax.Array,
+                     gt_crowd: jax.Array, crowd_ioa: float) -> jax.Array:
+    """``labels [M]`` of ``boxes [M, 4]`` with each negative covered >= ``crowd_ioa``
+    by a crowd region turned to ignored (-1)."""
+    if gt_boxes.shape[0] == 0:
+        return labels
+    in_crowd = jnp.any((box_ioa(boxes, gt_boxes) >= crowd_ioa) & gt_crowd[None, :], axis=1)
+    return jnp.where((labels == 0) & in_crowd, -1, labels)
+
+
+def _sampled_targets(key: jax.Array, anchors: jax.Array, labels: jax.Array,
+                     matched_idx: jax.Array, gt_boxes: jax.Array, num_samples: int,
+                     positive_fraction: float, weights: Sequence[float],
+                     clamp: Clamp) -> Dict[str, jax.Array]:
+    """Sampled masks and regression targets from anchor ``labels [N]`` (1, 0, -1)
+    and each anchor's matched gt row ``matched_idx [N]`` (``rpn_targets``' result)."""
     pos_mask, neg_mask = sample_labels(key, labels, num_samples, positive_fraction)
     positive = labels == 1
-    if gt_boxes.shape[0] > 0:
-        matched = gt_boxes[matched_idx]
-    else:
-        matched = anchors
+    matched = gt_boxes[matched_idx] if gt_boxes.shape[0] > 0 else anchors
     # Non-positives encode onto themselves (zero deltas), so no log(0) from padding.
     matched = jnp.where(positive[:, None], matched, anchors)
     target_deltas = jnp.where(positive[:, None], encode(anchors, matched, weights, clamp), 0.0)
     return {"pos_mask": pos_mask, "neg_mask": neg_mask, "target_deltas": target_deltas}
+
+
+# Values of ``targets.label_on``: which anchors ``batch_targets`` labels.
+LABEL_ON = ("anchors", "proposals")
+
+
+def proposal_targets(
+    key: jax.Array,
+    anchors: jax.Array,
+    proposal_boxes: jax.Array,
+    proposal_anchor: jax.Array,
+    proposal_valid: jax.Array,
+    gt_boxes: jax.Array,
+    gt_valid: jax.Array,
+    gt_crowd: jax.Array,
+    *,
+    high: float = 0.7,
+    low: float = 0.3,
+    crowd_ioa: float = 0.7,
+    num_samples: int = 256,
+    positive_fraction: float = 0.5,
+    weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    clamp: Clamp = None,
+) -> Dict[str, jax.Array]:
+    """``rpn_targets`` with the seed's labelling: only the anchors behind proposals.
+
+    The seed (seed/PROTOCOL.md, "Labels") labelled only each image's post-NMS
+    proposals. Here the ``K`` proposal boxes (decoded and clipped, as
+    ``proposals.propose_indexed`` returns them) are matched to the gt boxes
+    with ``match_anchors``' rule (IoU >= ``high`` positive, < ``low`` negative,
+    each gt box's best proposal positive) and crowd regions as in
+    ``rpn_targets`` (a negative proposal covered >= ``crowd_ioa`` by a crowd
+    box is ignored); each label goes to the anchor the proposal was decoded
+    from. Every other anchor (suppressed by NMS, beyond the pre- or post-NMS
+    top-k, or too small) is ignored: never sampled. ``sample_labels`` then
+    samples ``num_samples`` of the labelled anchors.
+
+    Reading taken of the protocol: the regression target of a positive is its
+    matched gt box encoded RELATIVE TO ITS ANCHOR, ``encode(anchor, gt, weights,
+    clamp)``, not relative to the proposal box. The head's deltas are decoded
+    from the anchor (``propose``), and the loss compares them with the target,
+    so only a target encoded on the anchor decodes to the gt box; one encoded
+    on the proposal (a correction of the current prediction) would, decoded
+    from the anchor, give another box. The protocol does not say which; the
+    proposal box decides here only whether its anchor is positive, negative or
+    ignored, and which gt box it regresses to.
+
+    Args:
+      key: PRNG key for the sampling.
+      anchors: ``[N, 4]`` xyxy pixels.
+      proposal_boxes: ``[K, 4]`` xyxy pixels, the image's proposals.
+      proposal_anchor: ``[K] int32``, the anchor row each proposal was decoded
+        from (distinct over the valid proposals).
+      proposal_valid: ``[K]`` bool; invalid proposals label nothing.
+      gt_boxes, gt_valid, gt_crowd: as ``rpn_targets``.
+
+    Returns:
+      As ``rpn_targets``: ``pos_mask [N] bool``, ``neg_mask [N] bool`` (the
+      sampled anchors, all behind valid proposals) and ``target_deltas [N, 4]``
+      (``encode(anchor, matched gt box)`` for every positive anchor, zero
+      elsewhere).
+    """
+    n = anchors.shape[0]
+    gt_valid = jnp.asarray(gt_valid, bool)
+    gt_crowd = jnp.asarray(gt_crowd, bool)
+    proposal_valid = jnp.asarray(proposal_valid, bool)
+    # Padded proposals are zero boxes (IoU 0 with every gt box), so they never
+    # tie for a gt box's best match; their labels are dropped below anyway.
+    matched_k, labels_k = match_anchors(proposal_boxes, gt_boxes, gt_valid & ~gt_crowd, high, low)
+    labels_k = _ignore_in_crowd(proposal_boxes, labels_k, gt_boxes, gt_crowd, crowd_ioa)
+    # Invalid proposals scatter to row n, out of range, and are dropped.
+    row = jnp.where(proposal_valid, jnp.asarray(proposal_anchor, jnp.int32), n)
+    labels = jnp.full((n,), -1, jnp.int32).at[row].set(labels_k, mode="drop")
+    matched_idx = jnp.zeros((n,), jnp.int32).at[row].set(matched_k, mode="drop")
+    return _sampled_targets(key, anchors, labels, matched_idx, gt_boxes, num_samples,
+                            positive_fraction, weights, clamp)

@@ -25,6 +25,7 @@ from rpn_jax import checkpoint as checkpoint_lib
 from rpn_jax import losses as losses_lib
 from rpn_jax import optimizer as optimizer_lib
 from rpn_jax import parallel
+from rpn_jax import proposals as proposals_lib
 from rpn_jax import setup_model
 from rpn_jax import targets as targets_lib
 from rpn_jax.data import loader as loader_lib
@@ -71,24 +72,58 @@ def make_optimizer(config: ml_collections.ConfigDict,
 
 
 def batch_targets(config: ml_collections.ConfigDict, anchors: jax.Array,
-                  batch: Batch, key: jax.Array) -> dict[str, jax.Array]:
+                  batch: Batch, key: jax.Array,
+                  outputs: dict[str, jax.Array] | None = None
+                  ) -> dict[str, jax.Array]:
   """Anchor labels, sampled masks and regression targets for a batch.
+
+  targets.label_on="anchors" labels every anchor (`targets.rpn_targets`);
+  "proposals" (the seed) only the anchors behind each image's post-NMS
+  proposals (`targets.proposal_targets`), which it computes as evaluation does
+  (config.proposals, batch["image_hw"]) from `outputs`, the same forward
+  pass's objectness [B, N] and deltas [B, N, 4], gradients stopped; `outputs`
+  is required then and unused otherwise.
 
   Returns pos_mask / neg_mask [B, N] bool and target_deltas [B, N, 4]; images
   whose `image_valid` is False (padding, undecodable files) contribute nothing.
   """
   t = config.targets
-  per_image = functools.partial(
-      targets_lib.rpn_targets,
-      high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
-      num_samples=t.num_samples, positive_fraction=t.positive_fraction,
-      weights=tuple(t.box_weights), clamp=tuple(t.box_clamp),
-      assigner=t.assigner, level_sizes=setup_model.anchors_per_level(config),
-      atss_top_k=t.atss_top_k,
-      anchors_per_cell=setup_model.anchors_per_cell(config.model))
+  if t.label_on not in targets_lib.LABEL_ON:
+    raise ValueError(f"targets.label_on must be one of {targets_lib.LABEL_ON}, "
+                     f"got {t.label_on!r}")
   keys = jax.random.split(key, batch["boxes"].shape[0])
-  out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0))(
-      keys, anchors, batch["boxes"], batch["box_valid"], batch["box_crowd"])
+  if t.label_on == "proposals":
+    if t.assigner != "iou":
+      raise ValueError("targets.label_on='proposals' matches by IoU: it needs "
+                       f"targets.assigner='iou', got {t.assigner!r}")
+    if outputs is None:
+      raise ValueError("targets.label_on='proposals' needs the model outputs: "
+                       "batch_targets(..., outputs=...)")
+    # Labels only: no gradient flows through the proposal selection.
+    logits = jax.lax.stop_gradient(outputs["objectness"]).astype(jnp.float32)
+    deltas = jax.lax.stop_gradient(outputs["deltas"]).astype(jnp.float32)
+    boxes, _, valid, anchor_index = proposals_lib.propose_batch_indexed(
+        anchors, logits, deltas, batch["image_hw"],
+        **setup_model.proposal_settings(config))
+    per_image = functools.partial(
+        targets_lib.proposal_targets,
+        high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
+        num_samples=t.num_samples, positive_fraction=t.positive_fraction,
+        weights=tuple(t.box_weights), clamp=tuple(t.box_clamp))
+    out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0, 0, 0, 0))(
+        keys, anchors, boxes, anchor_index, valid, batch["boxes"],
+        batch["box_valid"], batch["box_crowd"])
+  else:
+    per_image = functools.partial(
+        targets_lib.rpn_targets,
+        high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
+        num_samples=t.num_samples, positive_fraction=t.positive_fraction,
+        weights=tuple(t.box_weights), clamp=tuple(t.box_clamp),
+        assigner=t.assigner, level_sizes=setup_model.anchors_per_level(config),
+        atss_top_k=t.atss_top_k,
+        anchors_per_cell=setup_model.anchors_per_cell(config.model))
+    out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0))(
+        keys, anchors, batch["boxes"], batch["box_valid"], batch["box_crowd"])
   image_valid = batch["image_valid"][:, None]
   out["pos_mask"] = out["pos_mask"] & image_valid
   out["neg_mask"] = out["neg_mask"] & image_valid
@@ -100,18 +135,19 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: Any,
-                    tx: optax.GradientTransformation,
-                    anchors: np.ndarray) -> Callable[[TrainState, Batch], Any]:
-  """The pure train step `(state, batch) -> (state, metrics)` (not yet jitted).
+def make_loss_fn(config: ml_collections.ConfigDict, model: Any,
+                 anchors: np.ndarray) -> Callable[..., Any]:
+  """The pure loss `(params, batch_stats, batch, key) -> (total, (stats, aux))`.
 
-  A step whose loss or gradients are not finite is not applied (params,
-  statistics and optimizer state stay as they were) and reports
-  `metrics["finite"] = 0`.
+  `batch` holds uint8 images [B, S, S, 3] and padded xyxy canvas boxes;
+  `key` draws the anchor sampling (`batch_targets`). `stats` are the
+  BatchNorm statistics after the forward pass (unchanged unless model.norm is
+  "bn"); `aux` holds the losses (`losses.rpn_losses`) and the number of
+  sampled positives and negatives. The train step differentiates it; tests
+  compare it with torchvision's RPN.
   """
   anchors = jnp.asarray(anchors)
-  mean = tuple(config.data.mean)
-  std = tuple(config.data.std)
+  mean, std = transforms.pixel_norm_stats(config.data)
   if config.targets.normalizer not in NORMALIZERS:
     raise ValueError(f"targets.normalizer must be one of {NORMALIZERS}, "
                      f"got {config.targets.normalizer!r}")
@@ -120,7 +156,6 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
     raise ValueError("targets.num_samples=0 (every anchor) needs "
                      "targets.normalizer='positives'")
   normalizer = float(config.train.batch_size * config.targets.num_samples)
-  base_key = jax.random.key(config.seed)
   train_bn = config.model.norm == "bn"
   box_coder = dict(weights=tuple(config.targets.box_weights),
                    clamp=tuple(config.targets.box_clamp))
@@ -135,7 +170,7 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
     else:
       outputs = model.apply(variables, images, train=True)
       new_stats = batch_stats
-    tgt = batch_targets(config, anchors, batch, key)
+    tgt = batch_targets(config, anchors, batch, key, outputs)
     norm = (jnp.maximum(jnp.sum(tgt["pos_mask"], dtype=jnp.float32), 1.0)
             if by_positives else normalizer)
     losses = losses_lib.rpn_losses(
@@ -150,6 +185,21 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
     aux = dict(losses, num_pos=tgt["pos_mask"].sum(),
                num_neg=tgt["neg_mask"].sum())
     return losses["total"], (new_stats, aux)
+
+  return loss_fn
+
+
+def make_train_step(config: ml_collections.ConfigDict, model: Any,
+                    tx: optax.GradientTransformation,
+                    anchors: np.ndarray) -> Callable[[TrainState, Batch], Any]:
+  """The pure train step `(state, batch) -> (state, metrics)` (not yet jitted).
+
+  The sampling key of step `n` is `fold_in(key(config.seed), n)`. A step
+  whose loss or gradients are not finite is not applied (params, statistics
+  and optimizer state stay as they were) and reports `metrics["finite"] = 0`.
+  """
+  loss_fn = make_loss_fn(config, model, anchors)
+  base_key = jax.random.key(config.seed)
 
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(base_key, state.step)

@@ -42,7 +42,9 @@ def _ignored(name: str) -> bool:
     return name.startswith("fc.") or name.endswith("num_batches_tracked")
 
 
-def _torch_name(path: Sequence[str]) -> str:
+def torch_name(path: Sequence[str]) -> str:
+    """torchvision name of the ResNet variable at Flax `path` (collection dropped):
+    ("layer1", "0", "bn1", "scale") -> "layer1.0.bn1.weight"."""
     return ".".join([*path[:-1], _TORCH_LEAF[path[-1]]])
 
 
@@ -62,12 +64,13 @@ def _listed(kind: str, names: Sequence[str], limit: int = 5) -> list[str]:
 
 
 def convert_torchvision_resnet(
-    state_dict: Mapping[str, Any], arch: str, norm: str = "frozen_bn"
+    state_dict: Mapping[str, Any], arch: str, norm: str = "frozen_bn", width: int = 64
 ) -> dict[str, Any]:
     """Converts a torchvision ResNet state_dict (name -> array) to Flax variables.
 
     Returns {"params": ..., "batch_stats": ...} (float32 numpy arrays) that
-    `ResNet(depth, norm=norm).apply` takes directly (width 64). Strict: a missing,
+    `ResNet(depth, width, norm=norm).apply` takes directly (torchvision's
+    ResNets have width 64; narrower ones come from the benchmarks). Strict: a missing,
     unexpected or mis-shaped key raises ValueError naming it; `fc.*` and
     `*.num_batches_tracked` are ignored.
     """
@@ -75,14 +78,14 @@ def convert_torchvision_resnet(
         raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCH_DEPTHS)}")
     if norm not in NORMS:
         raise ValueError(f"norm {norm!r} has no torchvision weights; use 'frozen_bn' or 'bn'")
-    model = ResNet(depth=ARCH_DEPTHS[arch], norm=norm)
+    model = ResNet(depth=ARCH_DEPTHS[arch], width=width, norm=norm)
     expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
 
     converted = {}
     missing = []
     for key, leaf in traverse_util.flatten_dict(expected).items():
         path = key[1:]  # drop the collection name
-        name = _torch_name(path)
+        name = torch_name(path)
         if name not in state_dict:
             missing.append(name)
             continue
@@ -93,7 +96,7 @@ def convert_torchvision_resnet(
                 f"state_dict key {name!r} has shape {value.shape}, {arch} expects {want}"
             )
         converted[key] = value.transpose(2, 3, 1, 0) if path[-1] == "kernel" else value
-    used = {_torch_name(key[1:]) for key in converted}
+    used = {torch_name(key[1:]) for key in converted}
     unexpected = sorted(name for name in state_dict if name not in used and not _ignored(name))
     if missing or unexpected:
         problems = _listed("missing", missing) + _listed("unexpected", sorted(unexpected))

@@ -4,7 +4,7 @@ Boxes are float32 xyxy in continuous pixel coordinates (width = x2 - x1).
 """
 
 import logging
-from typing import Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -125,6 +125,27 @@ def pad_boxes(boxes: np.ndarray, crowd: np.ndarray, max_boxes: int
   return out, valid, is_crowd
 
 
+# Values of data.pixel_norm (pixel_norm_stats).
+PIXEL_NORMS = ("mean_std", "mean_only")
+
+
+def pixel_norm_stats(data_cfg: Any) -> tuple[tuple[float, ...],
+                                             tuple[float, ...]]:
+  """(mean, std) for `normalize_images`, RGB order, 0-255 range, as the
+  config's data.pixel_norm says: "mean_std" gives (data.mean, data.std);
+  "mean_only" gives (data.mean, (1, 1, 1)), the seed's input (data.std is not
+  read). Every caller that normalises images takes its statistics here.
+  """
+  norm = data_cfg.pixel_norm
+  if norm not in PIXEL_NORMS:
+    raise ValueError(f"data.pixel_norm must be one of {PIXEL_NORMS}, "
+                     f"got {norm!r}")
+  mean = tuple(float(v) for v in data_cfg.mean)
+  if norm == "mean_only":
+    return mean, (1.0, 1.0, 1.0)
+  return mean, tuple(float(v) for v in data_cfg.std)
+
+
 def normalize_images(images: Array, mean: Sequence[float],
                      std: Sequence[float], bgr: bool = False) -> Array:
   """uint8 RGB images [..., 3] -> float32 (images - mean) / std.
@@ -134,7 +155,8 @@ def normalize_images(images: Array, mean: Sequence[float],
   channels to BGR, for weights trained on BGR input; it does not change how
   mean and std are given. The seed's input ("BGR mean (103.53, 116.28,
   123.675) subtracted, then reordered to RGB, no std") is bgr=False, mean
-  (123.675, 116.28, 103.53), std (1, 1, 1).
+  (123.675, 116.28, 103.53), std (1, 1, 1): `pixel_norm_stats` with
+  data.pixel_norm = "mean_only".
   """
   mean = np.asarray(mean, np.float32)
   std = np.asarray(std, np.float32)
