@@ -55,6 +55,29 @@ def one_line_errors():
     sys.exit(2)
 
 
+def packaged_config(name: str) -> str:
+  """Path of the packaged recipe `rpn_jax/configs/<name>.py`."""
+  from rpn_jax import configs
+  return os.path.join(os.path.dirname(configs.__file__), f"{name}.py")
+
+
+def with_packaged_config_paths(argv: list[str]) -> list[str]:
+  """`argv` with `--config NAME` (a packaged recipe's name, not a file) made
+  the recipe's path, so an installed copy runs `rpn-train --config default`."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      value, prefix = arg.split("=", 1)[1], "--config="
+    elif arg == "--config" and i + 1 < len(out):
+      value, prefix, i = out[i + 1], "", i + 1
+    else:
+      continue
+    if (value and os.sep not in value and not value.endswith(".py")
+        and not os.path.exists(value) and os.path.exists(packaged_config(value))):
+      out[i] = prefix + packaged_config(value)
+  return out
+
+
 def define_config_flag(define: Callable[..., Any], *args, **kwargs) -> Any:
   """Calls a `config_flags.DEFINE_config_*`, which applies `--config.a.b=v`
   overrides at once, turning an override of a missing key into one line."""

@@ -1,0 +1,2 @@
+"""The command-line programs (`rpn-train`, `rpn-evaluate`, ...); `train.py`
+and friends in a clone call the same `run()`."""

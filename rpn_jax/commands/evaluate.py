@@ -1,0 +1,84 @@
+"""Evaluates a rpn_jax checkpoint on the COCO person protocol.
+
+  rpn-evaluate (or python evaluate.py in a clone) --ckpt DIR [--step N] [--config.a.b=v ...] [--output_dir DIR]
+                     [--num_images_to_draw N] [--sweep_score 0.4,0.5 --sweep_nms 0.5,0.6]
+
+Restores the config saved with the checkpoint (`--config.*` overrides apply on
+top of it), prints the seed's 12-line table and writes metrics.json and
+detections.json into --output_dir (default <ckpt>/eval).
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rpn_jax import cli
+from rpn_jax import checkpoint as checkpoint_lib
+
+_CKPT = flags.DEFINE_string("ckpt", None, "Training workdir (train.py --workdir).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
+                                  "Where outputs go (default: <ckpt>/eval).")
+_NUM_DRAW = flags.DEFINE_integer(
+    "num_images_to_draw", 0, "Save this many proposal pictures (score >= "
+    "eval.draw_score_threshold, NMS eval.draw_nms_threshold).")
+
+
+def _saved_config():
+  """The config saved in the --ckpt workdir, read before flags are parsed so
+  that --config.* overrides apply to it (with its key and type checks)."""
+  ckpt = None
+  for i, arg in enumerate(sys.argv):
+    if arg.startswith("--ckpt="):
+      ckpt = arg.split("=", 1)[1]
+    elif arg == "--ckpt" and i + 1 < len(sys.argv):
+      ckpt = sys.argv[i + 1]
+  if ckpt is None:
+    from rpn_jax import defaults
+    return defaults.base_config()
+  with cli.one_line_errors():
+    return checkpoint_lib.load_config(ckpt)
+
+
+_SWEEP_SCORE = flags.DEFINE_list(
+    "sweep_score", [], "Score thresholds to sweep, e.g. 0.4,0.5,0.6,0.7,0.8.")
+_SWEEP_NMS = flags.DEFINE_list(
+    "sweep_nms", [], "NMS thresholds to sweep, e.g. 0.4,0.5,0.6.")
+
+
+def _floats(values: list[str], flag: str) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{flag}: expected numbers, got {','.join(values)}")
+
+
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Multi-host run: call jax.distributed.initialize() "
+    "(each host then reads its own share of every batch).")
+_CONFIG = cli.define_config_flag(
+    config_flags.DEFINE_config_dict, "config", _saved_config(), "Overrides of the checkpoint's config.",
+    lock_config=True)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _CKPT.value:
+    raise app.UsageError("--ckpt DIR is required")
+  cli.setup(_DISTRIBUTED.value)
+  output_dir = _OUTPUT_DIR.value or os.path.join(_CKPT.value, "eval")
+  with cli.one_line_errors():
+    from rpn_jax import eval_lib
+    eval_lib.run_evaluation(
+        _CONFIG.value, _CKPT.value, output_dir, step=_STEP.value,
+        num_images_to_draw=_NUM_DRAW.value,
+        sweep_scores=_floats(_SWEEP_SCORE.value, "sweep_score"),
+        sweep_nms=_floats(_SWEEP_NMS.value, "sweep_nms"))
+
+
+def run() -> None:
+  app.run(main)
