@@ -91,3 +91,45 @@ def test_notebook_smoke_run(tmp_path: Path,
   pictures = sorted((eval_dir / "pictures").glob("*.jpg"))
   assert pictures and len(pictures) <= namespace["NUM_PICTURES"]
   assert all(os.path.getsize(p) > 0 for p in pictures)
+
+
+def _cell_containing(text: str) -> str:
+  cells = [cell_source(c) for c in load_notebook()["cells"]
+           if c["cell_type"] == "code"]
+  (match,) = [c for c in cells if text in c]
+  return match
+
+
+def test_notebook_stops_before_cloning_the_placeholder() -> None:
+  """On Colab, the install cell refuses REPO_URL's placeholder before any
+  git clone, naming the parameter to edit."""
+  namespace: dict[str, Any] = {"__name__": "__main__"}
+  exec("import os, sys", namespace)  # the parameters cell's imports
+  exec(_cell_containing("def sh("), namespace)
+  calls = []
+  namespace.update(IN_COLAB=True, SMOKE=False, DATA="coco_dir",
+                   REPO_DIR="/nonexistent/rpn_jax",
+                   REPO_URL="https://github.com/YOUR_NAME/rpn_jax.git",
+                   sh=lambda *args: calls.append(args))
+  with pytest.raises(SystemExit, match="Edit REPO_URL"):
+    exec(_cell_containing("git\", \"clone\""), namespace)
+  assert calls == []
+
+
+def test_notebook_checks_disk_before_downloading(tmp_path: Path) -> None:
+  namespace: dict[str, Any] = {"__name__": "__main__"}
+  exec("import os, sys", namespace)  # the parameters cell's imports
+  exec(_cell_containing("def sh("), namespace)
+  calls = []
+  namespace.update(DATA="coco_dir", COCO_DIR=str(tmp_path),
+                   COCO_URL="http://example.invalid",
+                   sh=lambda *args: calls.append(args))
+  # The disk check of a download that needs 10^6 GB fails before any curl.
+  source = _cell_containing("def require_free(")
+  source = source.replace('"zips/train2017.zip", 40)', '"zips/train2017.zip", 10**6)')
+  (tmp_path / "annotations").mkdir()
+  (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
+  (tmp_path / "val2017").mkdir()
+  with pytest.raises(SystemExit, match="downloading train2017.zip needs about"):
+    exec(source, namespace)
+  assert calls == []
