@@ -39,33 +39,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def _fill_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-  """`saved` with each key it lacks (at any depth) taken from `defaults`."""
-  out = dict(saved)
-  for k, v in defaults.items():
-    if k not in out:
-      out[k] = v
-    elif isinstance(v, dict) and isinstance(out[k], dict):
-      out[k] = _fill_defaults(out[k], v)
-  return out
-
-
-def _tuples(tree: Any) -> Any:
-  """JSON's lists back to the tuples every config sequence is (so that
-  `--config.eval.tta_scales='(1, 2)'` can override a restored config)."""
-  if isinstance(tree, dict):
-    return {k: _tuples(v) for k, v in tree.items()}
-  if isinstance(tree, list):
-    return tuple(_tuples(v) for v in tree)
-  return tree
-
-
-def _with_base_defaults(saved: dict[str, Any]) -> dict[str, Any]:
-  """A saved config dict completed with the base_config() defaults of keys
-  added since it was written."""
-  return _fill_defaults(saved, defaults.base_config().to_dict())
-
-
 def _model_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
   flat = _flatten(json.loads(json.dumps(config_dict)))
   return {k: v for k, v in flat.items()
@@ -77,7 +50,7 @@ def config_mismatch(saved: dict[str, Any], config: ml_collections.ConfigDict
                     ) -> list[str]:
   """Keys (dotted) whose model settings differ between `saved` and `config`;
   a key missing from `saved` counts as its base_config() default."""
-  a = _model_settings(_with_base_defaults(saved))
+  a = _model_settings(defaults.with_base_defaults(saved))
   b = _model_settings(config.to_dict())
   return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
@@ -90,7 +63,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a rpn_jax "
                             "training directory (train.py --workdir ...)")
   with open(path) as f:
-    return ml_collections.ConfigDict(_tuples(_with_base_defaults(json.load(f))))
+    return defaults.from_saved(json.load(f))
 
 
 def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -99,7 +72,7 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.isfile(path):
     with open(path) as f:
-      saved = _with_base_defaults(json.load(f))
+      saved = defaults.with_base_defaults(json.load(f))
     diff = config_mismatch(saved, config)
     if diff:
       details = ", ".join(

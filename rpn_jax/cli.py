@@ -1,4 +1,5 @@
-"""What train.py and evaluate.py share: logging set-up and one-line errors."""
+"""What the command-line programs share: logging set-up, one-line errors,
+config flags."""
 
 import contextlib
 import logging
@@ -7,6 +8,7 @@ import re
 import sys
 from typing import Any, Callable
 
+import ml_collections
 from absl import logging as absl_logging
 
 # Errors a user causes with a path, a key or a file's content: shown as one
@@ -76,6 +78,25 @@ def with_packaged_config_paths(argv: list[str]) -> list[str]:
         and not os.path.exists(value) and os.path.exists(packaged_config(value))):
       out[i] = prefix + packaged_config(value)
   return out
+
+
+def saved_config(argv: list[str]) -> ml_collections.ConfigDict:
+  """The ml_collections config saved in the `--ckpt DIR` workdir that `argv`
+  names (base_config() when it names none), read before flags are parsed so
+  that `--config.a.b=v` overrides apply to it with their key and type checks.
+  A workdir without config.json is a one-line error."""
+  ckpt = None
+  for i, arg in enumerate(argv):
+    if arg.startswith("--ckpt="):
+      ckpt = arg.split("=", 1)[1]
+    elif arg == "--ckpt" and i + 1 < len(argv):
+      ckpt = argv[i + 1]
+  if ckpt is None:
+    from rpn_jax import defaults
+    return defaults.base_config()
+  from rpn_jax import checkpoint as checkpoint_lib
+  with one_line_errors():
+    return checkpoint_lib.load_config(ckpt)
 
 
 def define_config_flag(define: Callable[..., Any], *args, **kwargs) -> Any:

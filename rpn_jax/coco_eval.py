@@ -5,6 +5,7 @@ w, h] original-image pixels, "score"}.
 """
 
 import contextlib
+import dataclasses
 import io
 import logging
 from typing import Sequence
@@ -12,6 +13,7 @@ from typing import Sequence
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from pycocotools.cocoeval import Params
 
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl",
                "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -36,6 +38,20 @@ def person_category_id(coco: COCO, annotation_file: str) -> int:
   return ids[0]
 
 
+@dataclasses.dataclass
+class PrecisionRecall:
+  """COCOeval's interpolated precision of one category, area "all", at the
+  largest maxDets (100 by default): the curves AP averages.
+
+  precision [T, R] at iou_thresholds [T] (0.50:0.05:0.95) and
+  recall_thresholds [R] (0:0.01:1); -1 where COCOeval leaves it undefined
+  (no ground truth).
+  """
+  iou_thresholds: np.ndarray
+  recall_thresholds: np.ndarray
+  precision: np.ndarray
+
+
 def evaluate(coco: COCO, results: list[dict] | np.ndarray,
              image_ids: Sequence[int],
              category_id: int, max_dets: Sequence[int] = (1, 10, 100)
@@ -47,10 +63,23 @@ def evaluate(coco: COCO, results: list[dict] | np.ndarray,
   AR1/AR10/AR100 are the recalls at those three limits). No detections at all
   gives zeros with a warning instead of pycocotools' error.
   """
+  return evaluate_with_curve(coco, results, image_ids, category_id,
+                             max_dets)[0]
+
+
+def evaluate_with_curve(coco: COCO, results: list[dict] | np.ndarray,
+                        image_ids: Sequence[int], category_id: int,
+                        max_dets: Sequence[int] = (1, 10, 100)
+                        ) -> tuple[dict[str, float], PrecisionRecall]:
+  """`evaluate`, and the precision-recall curves of the same COCOeval."""
+  params = Params(iouType="bbox")
   if len(results) == 0:
     logging.warning("No detections on the %d evaluated images: every metric "
                     "is 0", len(image_ids))
-    return {k: 0.0 for k in METRIC_KEYS}
+    # Nothing detected: precision 0 at every recall level.
+    return ({k: 0.0 for k in METRIC_KEYS}, PrecisionRecall(
+        params.iouThrs, params.recThrs,
+        np.zeros((len(params.iouThrs), len(params.recThrs)))))
   with contextlib.redirect_stdout(io.StringIO()):
     dt = coco.loadRes(results)
     ev = COCOeval(coco, dt, iouType="bbox")
@@ -60,8 +89,15 @@ def evaluate(coco: COCO, results: list[dict] | np.ndarray,
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
+  # eval["precision"] is [T, R, K, A, M] with one category here; summarize's
+  # AP rows read the last maxDets.
+  area = ev.params.areaRngLbl.index("all")
+  curve = PrecisionRecall(
+      np.array(ev.params.iouThrs), np.array(ev.params.recThrs),
+      np.array(ev.eval["precision"][:, :, 0, area, -1]))
   # COCOeval marks "no ground truth in this area range" with -1.
-  return {k: max(float(v), 0.0) for k, v in zip(METRIC_KEYS, ev.stats)}
+  metrics = {k: max(float(v), 0.0) for k, v in zip(METRIC_KEYS, ev.stats)}
+  return metrics, curve
 
 
 def format_table(metrics: dict[str, float]) -> str:

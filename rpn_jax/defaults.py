@@ -8,6 +8,7 @@ config lacks from these defaults.
 """
 
 import math
+from typing import Any
 
 import ml_collections
 
@@ -118,12 +119,36 @@ def base_config() -> ml_collections.ConfigDict:
   train.momentum = 0.9
   train.weight_decay = 1e-4
   train.schedule = "constant"  # constant | warmup_step
+  # Durations: each in steps, epochs or percent (a fraction of the whole run,
+  # in [0, 1]; the run is epochs x steps/epoch, cut at max_steps), at most one
+  # of the three set, the others 0 or (); resolved to steps once the dataset
+  # size is known (rpn_jax/schedules.py). Recipes give epochs or percent, so
+  # that another dataset, batch size or epoch count keeps them in place.
+  # warmup_step: linear warmup over this length, then lr x decay_factor at
+  # each decay boundary.
   train.warmup_steps = 0
+  train.warmup_epochs = 0.0
+  train.warmup_percent = 0.0
   train.decay_steps = ()
+  train.decay_epochs = ()
+  train.decay_percent = ()
   train.decay_factor = 0.1
-  train.checkpoint_every_steps = 1000
+  # A checkpoint at this cadence, and always at each epoch's end and the
+  # run's end (all three 0: only there).
+  train.checkpoint_every_steps = 0
+  train.checkpoint_every_epochs = 0.0
+  train.checkpoint_every_percent = 0.0
   train.keep_checkpoints = 3
+  # A metrics.jsonl line at this cadence and at the run's end (all three 0:
+  # at each epoch's end).
   train.log_every_steps = 20
+  train.log_every_epochs = 0.0
+  train.log_every_percent = 0.0
+  # Validate on data.val_split (AP, AP50, AR100 at eval.score_threshold /
+  # eval.nms_threshold, proposal AR@1000) every this many epochs and at the
+  # end of training, into metrics.jsonl and TensorBoard; 0 = off. A pass over
+  # COCO val2017 costs minutes: every few epochs, not every one.
+  train.eval_every_epochs = 0
   train.max_nonfinite_steps = 10
 
   config.eval = ev = ml_collections.ConfigDict()
@@ -147,3 +172,38 @@ def base_config() -> ml_collections.ConfigDict:
   ev.draw_score_threshold = 0.7
   ev.draw_nms_threshold = 0.2
   return config
+
+
+def _fill_defaults(saved: dict[str, Any], defaults: dict[str, Any]
+                   ) -> dict[str, Any]:
+  """`saved` with each key it lacks (at any depth) taken from `defaults`."""
+  out = dict(saved)
+  for k, v in defaults.items():
+    if k not in out:
+      out[k] = v
+    elif isinstance(v, dict) and isinstance(out[k], dict):
+      out[k] = _fill_defaults(out[k], v)
+  return out
+
+
+def _tuples(tree: Any) -> Any:
+  """JSON's lists back to the tuples every config sequence is (so that
+  `--config.eval.tta_scales='(1, 2)'` can override a restored config)."""
+  if isinstance(tree, dict):
+    return {k: _tuples(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return tuple(_tuples(v) for v in tree)
+  return tree
+
+
+def with_base_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+  """A saved config dict (a run's config.json, an exported detector's)
+  completed with the base_config() defaults of keys added since it was
+  written: the behaviour it had before they existed."""
+  return _fill_defaults(saved, base_config().to_dict())
+
+
+def from_saved(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+  """A config written as JSON, read back: `with_base_defaults`, its lists
+  made tuples again."""
+  return ml_collections.ConfigDict(_tuples(with_base_defaults(saved)))

@@ -1,12 +1,12 @@
-"""Evaluation: fixed-size proposals on device, then thresholds, a second NMS
-and COCO evaluation on the host side.
+"""Evaluation: fixed-size proposals on device (`rpn_jax.predictor`), then
+thresholds and a second NMS (`rpn_jax.postprocess`) and COCO evaluation on
+the host side.
 
 Proposals are computed once per image ([K, 4] canvas pixels with scores and a
 validity mask) and cached, so any number of (score, NMS) threshold pairs can
 be evaluated from one forward pass over the split.
 """
 
-import functools
 import json
 import math
 import os
@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -24,69 +23,16 @@ from tqdm import tqdm
 
 from rpn_jax import checkpoint as checkpoint_lib
 from rpn_jax import coco_eval
-from rpn_jax import nms as nms_lib
 from rpn_jax import parallel
-from rpn_jax import proposals as proposals_lib
 from rpn_jax import setup_model
 from rpn_jax import train_lib
 from rpn_jax import tta as tta_lib
 from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
-from rpn_jax.data import transforms
-
-
-@dataclass
-class Proposals:
-  """Post-NMS proposals of every evaluated image (host numpy).
-
-  image_ids [N]; boxes [N, K, 4] xyxy original-image pixels; scores [N, K]
-  objectness probabilities, descending among valid; valid [N, K].
-  """
-  image_ids: np.ndarray
-  boxes: np.ndarray
-  scores: np.ndarray
-  valid: np.ndarray
-
-
-def make_predict_fn(config: ml_collections.ConfigDict, model: Any,
-                    anchors: np.ndarray):
-  """`(variables, batch) -> {boxes [B,K,4], scores [B,K], valid [B,K]}`;
-  boxes in canvas pixels, scores descending among valid.
-
-  With test-time augmentation (`eval.tta_scales` other than (1.0,) or
-  `eval.hflip_tta`) the passes' proposals are fused (`rpn_jax.tta`) and K is
-  the number of passes x post_nms_top_k.
-  """
-  tta_lib.check_config(config.eval)
-  anchors = jnp.asarray(anchors)
-  propose = functools.partial(proposals_lib.propose_batch,
-                              **setup_model.proposal_settings(config))
-  augmented = tta_lib.is_augmented(config.eval)
-  tta_propose = tta_lib.make_tta_propose(config, model) if augmented else None
-  mean, std = transforms.pixel_norm_stats(config.data)
-
-  def predict(variables, batch):
-    images = transforms.normalize_images(batch["image"], mean, std)
-    if augmented:
-      boxes, scores, valid = tta_propose(variables, images, batch["image_hw"])
-    else:
-      out = model.apply(variables, images, train=False)
-      boxes, scores, valid = propose(anchors, out["objectness"], out["deltas"],
-                                     batch["image_hw"])
-    valid = valid & batch["image_valid"][:, None]
-    return {"boxes": boxes, "scores": scores, "valid": valid}
-
-  return predict
-
-
-def with_eval_canvas(config: ml_collections.ConfigDict
-                     ) -> ml_collections.ConfigDict:
-  """`config` with data.image_size set to eval.image_size (0: as it is)."""
-  size = config.eval.image_size
-  if size < 0:
-    raise ValueError("eval.image_size must be >= 0 (0: data.image_size), "
-                     f"got {size}")
-  return setup_model.on_canvas(config, size) if size else config
+# The predictor and the post-processing live in modules free of the training
+# code (for the exported detector); their names stay available here.
+from rpn_jax.postprocess import Proposals, select_detections
+from rpn_jax.predictor import make_predict_fn, with_eval_canvas
 
 
 def predict_proposals(config: ml_collections.ConfigDict,
@@ -123,38 +69,6 @@ def predict_proposals(config: ml_collections.ConfigDict,
       bar.update(int(keep.sum()))
   return Proposals(np.concatenate(ids), np.concatenate(boxes),
                    np.concatenate(scores), np.concatenate(valid))
-
-
-@functools.partial(jax.jit, static_argnames=("max_detections",))
-def _select(boxes, scores, valid, score_threshold, nms_threshold,
-            max_detections):
-  def one(b, s, v):
-    keep = v & (s >= score_threshold)
-    idx, ok = nms_lib.nms_padded(b, s, nms_threshold, max_detections,
-                                 valid=keep)
-    return b[idx], s[idx], ok
-  return jax.vmap(one)(boxes, scores, valid)
-
-
-def select_detections(props: Proposals, score_threshold: float,
-                      nms_threshold: float, max_detections: int = 100
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The seed's output stage: proposals with score >= score_threshold, NMS at
-  nms_threshold, the best `max_detections` per image (COCO counts at most 100).
-
-  Returns boxes [N, D, 4], scores [N, D], valid [N, D] (numpy).
-  """
-  chunks = []
-  for start in range(0, len(props.image_ids), 256):
-    sl = slice(start, start + 256)
-    chunks.append(jax.device_get(_select(
-        props.boxes[sl], props.scores[sl], props.valid[sl],
-        np.float32(score_threshold), np.float32(nms_threshold),
-        max_detections)))
-  if not chunks:
-    empty = np.zeros((0, max_detections))
-    return np.zeros((0, max_detections, 4)), empty, empty.astype(bool)
-  return tuple(np.concatenate(parts) for parts in zip(*chunks))
 
 
 def restore_variables(config: ml_collections.ConfigDict, ckpt_dir: str,
@@ -202,11 +116,25 @@ def evaluate_proposals(props: Proposals, coco, image_ids, category_id: int,
                        score_threshold: float, nms_threshold: float,
                        max_detections: int) -> tuple[dict[str, float], list[dict]]:
   """Metrics and COCO results for one (score, NMS) threshold pair."""
+  metrics, results, _ = evaluate_proposals_with_curve(
+      props, coco, image_ids, category_id, score_threshold, nms_threshold,
+      max_detections)
+  return metrics, results
+
+
+def evaluate_proposals_with_curve(
+    props: Proposals, coco, image_ids, category_id: int,
+    score_threshold: float, nms_threshold: float, max_detections: int
+) -> tuple[dict[str, float], list[dict], coco_eval.PrecisionRecall]:
+  """`evaluate_proposals`, and the precision-recall curves of its COCOeval
+  (`coco_eval.evaluate_with_curve`)."""
   boxes, scores, valid = select_detections(props, score_threshold,
                                            nms_threshold, max_detections)
   results = coco_eval.to_results(props.image_ids, boxes, scores, valid,
                                  category_id)
-  return coco_eval.evaluate(coco, results, image_ids, category_id), results
+  metrics, curve = coco_eval.evaluate_with_curve(coco, results, image_ids,
+                                                 category_id)
+  return metrics, results, curve
 
 
 def _ranks_and_matchable(results: np.ndarray, coco, category_id: int
@@ -259,6 +187,8 @@ def proposal_recall(props: Proposals, coco, image_ids, category_id: int,
   ranks, matchable = _ranks_and_matchable(results, coco, category_id)
   recall = {}
   for n, key in zip(limits, ("AR1", "AR10", "AR100")):
+    if f"AR@{n}" in recall:  # a padded limit: the same number again
+      continue
     counted = results[matchable & (ranks < n)]
     if len(counted):
       recall[f"AR@{n}"] = coco_eval.evaluate(
@@ -295,14 +225,52 @@ def format_sweep(rows: list[dict[str, float]]) -> str:
   return "\n".join(lines)
 
 
+def ground_truth(dataset: Any) -> tuple[Any, int]:
+  """The pycocotools COCO of `dataset`'s annotation file and its person
+  category id."""
+  coco = coco_eval.load_ground_truth(dataset.annotation_file)
+  return coco, coco_eval.person_category_id(coco, dataset.annotation_file)
+
+
+@dataclass
+class SplitScores:
+  """What `score_proposals` measures on a split.
+
+  metrics: the 12 COCO numbers (coco_eval.METRIC_KEYS) of the detections at
+  eval.score_threshold / eval.nms_threshold; results: those detections (COCO
+  results dicts); curve: their precision-recall curves; recall: the raw
+  proposals' AR@n (`proposal_recall`).
+  """
+  metrics: dict[str, float]
+  results: list[dict]
+  curve: coco_eval.PrecisionRecall
+  recall: dict[str, float]
+
+
+def score_proposals(config: ml_collections.ConfigDict, props: Proposals,
+                    coco, category_id: int,
+                    recall_limits: tuple[int, ...] = (100, 300, 1000)
+                    ) -> SplitScores:
+  """COCO evaluation of `props` at the configured thresholds (config.eval)
+  and the proposals' recall at `recall_limits`, over every image in
+  `props`."""
+  image_ids = [int(i) for i in props.image_ids]
+  metrics, results, curve = evaluate_proposals_with_curve(
+      props, coco, image_ids, category_id, config.eval.score_threshold,
+      config.eval.nms_threshold, config.eval.max_detections)
+  recall = proposal_recall(props, coco, image_ids, category_id, recall_limits)
+  return SplitScores(metrics, results, curve, recall)
+
+
 def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
                    output_dir: str, step: int | None = None,
-                   num_images_to_draw: int = 0,
+                   num_images_to_draw: int = 8,
                    sweep_scores: list[float] | None = None,
                    sweep_nms: list[float] | None = None) -> dict[str, Any]:
   """evaluate.py: restore, predict, select, COCOeval; writes metrics.json,
-  detections.json (sweep.json, pictures) into `output_dir`; returns the
-  metrics of the configured thresholds."""
+  detections.json, pr_curve.png, loss_curve.png (from `ckpt_dir`'s
+  metrics.jsonl), `num_images_to_draw` proposal pictures (and sweep.json)
+  into `output_dir`; returns the metrics of the configured thresholds."""
   canvas = with_eval_canvas(config).data.image_size
   variables, restored_step = restore_variables(config, ckpt_dir, step)
   dataset = open_dataset(config.data, config.data.val_split)
@@ -311,13 +279,10 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   props = predict_proposals(config, variables, dataset)
   if jax.process_index() != 0:  # every process predicts, one evaluates
     return {}
-  coco = coco_eval.load_ground_truth(dataset.annotation_file)
-  category_id = coco_eval.person_category_id(coco, dataset.annotation_file)
+  coco, category_id = ground_truth(dataset)
   image_ids = [int(i) for i in props.image_ids]
-  metrics, results = evaluate_proposals(
-      props, coco, image_ids, category_id, config.eval.score_threshold,
-      config.eval.nms_threshold, config.eval.max_detections)
-  recall = proposal_recall(props, coco, image_ids, category_id)
+  scores = score_proposals(config, props, coco, category_id)
+  metrics, results, recall = scores.metrics, scores.results, scores.recall
   seconds = time.perf_counter() - t0
   record = dict(metrics, **recall,
                 annotation_file=os.path.abspath(dataset.annotation_file),
@@ -358,9 +323,21 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
       json.dump(rows, f, indent=1)
     print("\nThreshold sweep (one forward pass; * = best AP):")
     print(format_sweep(rows))
+  from rpn_jax import plots
+  written = ["metrics.json", "detections.json"]
+  if sweep_scores or sweep_nms:
+    written.append("sweep.json")
+  plots.plot_precision_recall(
+      scores.curve, os.path.join(output_dir, "pr_curve.png"),
+      f"Person detection, {config.data.val_split} (step {restored_step}): "
+      "precision-recall")
+  written.append("pr_curve.png")
+  if plots.plot_loss_curve(os.path.join(ckpt_dir, "metrics.jsonl"),
+                           os.path.join(output_dir, "loss_curve.png")):
+    written.append("loss_curve.png")
   if num_images_to_draw:
     from rpn_jax import visualize
     visualize.draw_proposals(dataset, props, config, output_dir,
                              num_images_to_draw)
-  print(f"Wrote metrics.json and detections.json to {output_dir}", flush=True)
+  print(f"Wrote {', '.join(written)} to {output_dir}", flush=True)
   return record

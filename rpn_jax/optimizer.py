@@ -53,6 +53,9 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
     "warmup_step": linear warmup from `learning_rate * warmup_factor` (default 0.001,
     detectron2's) to `learning_rate` over `warmup_steps`, times `decay_factor` for
     every boundary in `decay_steps` that the step has reached.
+    Only the `*_steps` keys are read: a config that gives warmup or decay in
+    epochs or percent goes through `rpn_jax.schedules.resolve_steps` first
+    (`train_lib.train_and_evaluate` does, once the dataset size is known).
     """
     lr = train_cfg.learning_rate
     if train_cfg.schedule == "constant":

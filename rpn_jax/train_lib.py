@@ -6,7 +6,6 @@ code runs on one CPU, one GPU, or every local device of a TPU host.
 """
 
 import functools
-import json
 import logging
 import os
 import signal
@@ -23,9 +22,11 @@ from tqdm import tqdm
 
 from rpn_jax import checkpoint as checkpoint_lib
 from rpn_jax import losses as losses_lib
+from rpn_jax import metric_writer
 from rpn_jax import optimizer as optimizer_lib
 from rpn_jax import parallel
 from rpn_jax import proposals as proposals_lib
+from rpn_jax import schedules
 from rpn_jax import setup_model
 from rpn_jax import targets as targets_lib
 from rpn_jax.data import loader as loader_lib
@@ -244,21 +245,53 @@ class _StopRequest:
       signal.signal(sig, handler)
 
 
-def _log_line(path: str, record: dict[str, Any]) -> None:
-  with open(path, "a") as f:
-    f.write(json.dumps(record) + "\n")
-
-
 def _host_metrics(metrics: dict[str, jax.Array]) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+class _Validator:
+  """Evaluation of the current params on data.val_split during training
+  (train.eval_every_epochs): eval_lib's prediction and COCO evaluation, with
+  the split and its ground truth loaded once."""
+
+  def __init__(self, config: ml_collections.ConfigDict):
+    from rpn_jax import eval_lib  # imported here: eval_lib imports this module
+    self._eval_lib = eval_lib
+    self._config = config
+    self.dataset = open_dataset(config.data, config.data.val_split)
+    self._ground_truth = None
+
+  def __call__(self, state: TrainState) -> dict[str, float] | None:
+    """AP, AP50, AR100 and the proposals' AR@1000 (AR@300 or AR@100 with
+    fewer proposals per image, as evaluate.py) on process 0, None on the
+    others (which still predict their share)."""
+    props = self._eval_lib.predict_proposals(
+        self._config,
+        {"params": state.params, "batch_stats": state.batch_stats},
+        self.dataset)
+    if jax.process_index() != 0:
+      return None
+    if self._ground_truth is None:
+      self._ground_truth = self._eval_lib.ground_truth(self.dataset)
+    coco, category_id = self._ground_truth
+    # One limit, one COCOeval: the three of evaluate.py cost too much to
+    # repeat every few epochs.
+    limits = [n for n in (100, 300, 1000) if n <= props.boxes.shape[1]]
+    scores = self._eval_lib.score_proposals(
+        self._config, props, coco, category_id,
+        recall_limits=tuple(limits[-1:]))
+    return dict({k: scores.metrics[k] for k in ("AP", "AP50", "AR100")},
+                **scores.recall)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
-  Writes `config.json`, `checkpoints/` (orbax) and `metrics.jsonl` into
-  `workdir`. Returns the final state.
+  Writes `config.json`, `checkpoints/` (orbax), `metrics.jsonl` and
+  TensorBoard event files (`tensorboard/`, `rpn_jax.metric_writer`) into
+  `workdir`; with train.eval_every_epochs, validation records too. Returns the
+  final state.
   """
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.check_or_write_config(workdir, config)
@@ -275,15 +308,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     raise ValueError(
         f"train.batch_size={config.train.batch_size} is larger than the "
         f"{len(dataset)} training images")
-  total_steps = steps_per_epoch * config.train.epochs
-  if config.train.max_steps:
-    total_steps = min(total_steps, config.train.max_steps)
+  total_steps = schedules.total_steps(config.train, steps_per_epoch)
+  # Warmup, decay and cadences in steps from here on; config.json keeps what
+  # the recipe wrote (epochs or fractions of the run).
+  config = config.copy_and_resolve_references()
+  config.train = schedules.resolve_steps(config.train, steps_per_epoch)
 
   model = setup_model.build_model(config.model)
   anchors = setup_model.model_anchors(config)
   variables = setup_model.init_variables(config, model,
                                          jax.random.key(config.seed))
   tx = make_optimizer(config, variables)
+  # The schedule `tx` follows, evaluated on the host for the logs.
+  schedule = optimizer_lib.make_schedule(config.train)
   state = create_train_state(config, model, tx, variables)
 
   mesh = parallel.data_mesh()
@@ -298,23 +335,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   step_fn = parallel.jit_data_parallel(
       make_train_step(config, model, tx, anchors), mesh)
 
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   start = int(state.step)
   print(f"Training {config.model.backbone} RPN on {len(dataset)} images "
         f"({config.data.source}), {steps_per_epoch} steps/epoch, "
         f"steps {start}..{total_steps}, {jax.device_count()} device(s): "
         f"{jax.devices()[0].device_kind}", flush=True)
+  print(schedules.describe(config.train, steps_per_epoch), flush=True)
   lead = jax.process_index() == 0  # only process 0 logs
+  writer = metric_writer.MetricWriter(workdir, enabled=lead, resume_step=start)
+  eval_every = config.train.eval_every_epochs
+  if eval_every < 0:
+    raise ValueError("train.eval_every_epochs must be >= 0 (0: off), got "
+                     f"{eval_every}")
+  validate = _Validator(config) if eval_every else None
   progress = tqdm(total=total_steps, initial=start, unit="step",
                   dynamic_ncols=True, mininterval=1.0, disable=not lead)
   nonfinite_streak = 0
-  pending = None  # (step, image_ids, metrics) of the step still in flight
+  pending = None  # (step, image_ids, metrics, images) of the step in flight
   window_start, window_images = time.perf_counter(), 0
 
   def settle(pending) -> None:
     nonlocal nonfinite_streak, window_start, window_images
-    step, image_ids, metrics = pending
+    step, image_ids, metrics, images = pending
     m = _host_metrics(metrics)
+    window_images += images
     if m["finite"]:
       nonfinite_streak = 0
     else:
@@ -325,15 +369,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         raise NonFiniteError(
             f"{nonfinite_streak} consecutive non-finite steps (last {step}); "
             f"stopping, the last good checkpoint is in {ckpt.directory}")
-    if step % config.train.log_every_steps == 0 or step == total_steps:
+    log_every = config.train.log_every_steps or steps_per_epoch
+    if step % log_every == 0 or step == total_steps:
       elapsed = time.perf_counter() - window_start
       rate = window_images / max(elapsed, 1e-9)
       window_start, window_images = time.perf_counter(), 0
       progress.set_postfix(loss=f"{m['total']:.4f}", obj=f"{m['objectness']:.4f}",
                            box=f"{m['box']:.4f}", img_s=f"{rate:.1f}")
-      if lead:
-        _log_line(metrics_path, dict(m, step=step, images_per_sec=rate,
-                                     epoch=(step - 1) // steps_per_epoch))
+      # Step `step` applied the update of optimizer count step - 1.
+      writer.write(step, dict(m, images_per_sec=rate,
+                              learning_rate=float(schedule(step - 1)),
+                              epoch=(step - 1) // steps_per_epoch))
+
+  def run_validation(step: int) -> None:
+    nonlocal window_start
+    t0 = time.perf_counter()
+    val = validate(state)
+    window_start += time.perf_counter() - t0  # not training time
+    if val is None:
+      return
+    epochs = round(step / steps_per_epoch, 3)
+    writer.write(step, dict(val, epochs=epochs), split="val")
+    writer.flush()
+    progress.write(
+        f"Validation at step {step} (epoch {epochs:g}), "
+        f"{len(validate.dataset)} {config.data.val_split} images: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in val.items())
+        + f" ({time.perf_counter() - t0:.1f} s)")
 
   with _StopRequest() as stop:
     epoch = start // steps_per_epoch
@@ -342,15 +404,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         image_ids = batch["image_id"][batch["image_valid"]].tolist()
         state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
         start += 1
-        window_images += int(batch["image_valid"].sum())
         if pending is not None:
           settle(pending)
-        pending = (start, image_ids, metrics)
+        pending = (start, image_ids, metrics, int(batch["image_valid"].sum()))
         progress.update(1)
         end_of_epoch = start % steps_per_epoch == 0
-        if (start % config.train.checkpoint_every_steps == 0 or end_of_epoch
+        every = config.train.checkpoint_every_steps
+        if ((every and start % every == 0) or end_of_epoch
             or start == total_steps):
           ckpt.save(start, state)
+        if validate and not stop.signal_name and (
+            start == total_steps or
+            (end_of_epoch and (start // steps_per_epoch) % eval_every == 0)):
+          settle(pending)  # the step's training record before validation's
+          pending = None
+          run_validation(start)
         if start >= total_steps or stop.signal_name:
           break
       epoch += 1
@@ -361,11 +429,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       logging.warning("%s received: saved step %d, rerun to resume",
                       stop.signal_name, start)
   ckpt.close()
+  writer.close()
   progress.close()
   summary = {k: v for k, v in loader.stats.items() if v}
   if summary:
     print(f"Data issues during training: {summary}")
-  print(f"Wrote checkpoints to {ckpt.directory}, metrics to {metrics_path}, "
+  print(f"Wrote checkpoints to {ckpt.directory}, metrics to "
+        f"{writer.jsonl_path}, TensorBoard events to {writer.tensorboard_dir}, "
         f"config to {os.path.join(workdir, 'config.json')}", flush=True)
   return state
 

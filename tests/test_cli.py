@@ -40,6 +40,20 @@ def test_missing_coco_dir_names_the_path(tmp_path):
       missing)
 
 
+def test_coco_folder_recipe_names_the_splits_a_folder_has(tmp_path):
+  """configs/coco_folder.py wants train2017/val2017; a folder with other
+  split names gets them listed, and the key to set."""
+  from tests.tiny_config import get_config
+  config = get_config()
+  coco_dir = sources.synthetic_root(config.data)  # splits "train" and "val"
+  sources.open_dataset(config.data, "train")
+  assert_one_line_error(
+      run("train.py", "--config=configs/coco_folder.py",
+          f"--config.data.coco_dir={coco_dir}", f"--workdir={tmp_path / 'w'}"),
+      f"no annotations/instances_train2017.json in {coco_dir}",
+      "found splits: train, val", "--config.data.train_split")
+
+
 def test_evaluate_without_a_checkpoint_names_the_path(tmp_path):
   assert_one_line_error(run("evaluate.py", f"--ckpt={tmp_path}"),
                         str(tmp_path))

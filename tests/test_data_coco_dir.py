@@ -235,3 +235,17 @@ def test_open_dataset_dispatch_and_errors(coco_root):
     open_dataset(_data_cfg(), SPLIT)
   with pytest.raises(FileNotFoundError, match="elsewhere"):
     open_dataset(_data_cfg(coco_dir=coco_root + "/elsewhere"), SPLIT)
+
+
+def test_missing_split_names_the_found_splits_and_the_key(coco_root):
+  # The base config's split names on a folder with COCO's own.
+  cfg = _data_cfg(coco_dir=coco_root, train_split="train", val_split="val")
+  with pytest.raises(FileNotFoundError) as raised:
+    open_dataset(cfg, "train")
+  assert str(raised.value) == (
+      f"no annotations/instances_train.json in {coco_root}; found splits: "
+      f"{SPLIT}; set --config.data.train_split")
+  os.makedirs(os.path.join(coco_root, "train2017"))  # images, no annotations
+  with pytest.raises(FileNotFoundError, match=f"found splits: {SPLIT}; set "
+                     "--config.data.val_split"):
+    open_dataset(cfg, "val")

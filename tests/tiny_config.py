@@ -38,9 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.learning_rate = 0.02
   config.train.epochs = 2
   config.train.schedule = "constant"
-  config.train.warmup_steps = 0
-  config.train.decay_steps = ()
-  config.train.checkpoint_every_steps = 1000
+  config.train.warmup_percent = 0.0
+  config.train.decay_percent = ()
+  config.train.checkpoint_every_epochs = 0.0  # at epoch ends only
   config.train.log_every_steps = 5
   config.eval.batch_size = 8
   # A few dozen steps leave objectness well below the seed's 0.4.

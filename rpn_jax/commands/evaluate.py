@@ -4,8 +4,10 @@
                      [--num_images_to_draw N] [--sweep_score 0.4,0.5 --sweep_nms 0.5,0.6]
 
 Restores the config saved with the checkpoint (`--config.*` overrides apply on
-top of it), prints the seed's 12-line table and writes metrics.json and
-detections.json into --output_dir (default <ckpt>/eval).
+top of it), prints the seed's 12-line table and writes metrics.json,
+detections.json, pr_curve.png (precision-recall at IoU 0.50, 0.75 and
+0.50:0.95), loss_curve.png (from <ckpt>/metrics.jsonl) and proposal pictures
+(pictures/) into --output_dir (default <ckpt>/eval).
 """
 
 import os
@@ -16,31 +18,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from rpn_jax import cli
-from rpn_jax import checkpoint as checkpoint_lib
 
 _CKPT = flags.DEFINE_string("ckpt", None, "Training workdir (train.py --workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
                                   "Where outputs go (default: <ckpt>/eval).")
 _NUM_DRAW = flags.DEFINE_integer(
-    "num_images_to_draw", 0, "Save this many proposal pictures (score >= "
-    "eval.draw_score_threshold, NMS eval.draw_nms_threshold).")
-
-
-def _saved_config():
-  """The config saved in the --ckpt workdir, read before flags are parsed so
-  that --config.* overrides apply to it (with its key and type checks)."""
-  ckpt = None
-  for i, arg in enumerate(sys.argv):
-    if arg.startswith("--ckpt="):
-      ckpt = arg.split("=", 1)[1]
-    elif arg == "--ckpt" and i + 1 < len(sys.argv):
-      ckpt = sys.argv[i + 1]
-  if ckpt is None:
-    from rpn_jax import defaults
-    return defaults.base_config()
-  with cli.one_line_errors():
-    return checkpoint_lib.load_config(ckpt)
+    "num_images_to_draw", 8, "Save this many proposal pictures (score >= "
+    "eval.draw_score_threshold, NMS eval.draw_nms_threshold); 0: none.")
 
 
 _SWEEP_SCORE = flags.DEFINE_list(
@@ -60,7 +45,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Multi-host run: call jax.distributed.initialize() "
     "(each host then reads its own share of every batch).")
 _CONFIG = cli.define_config_flag(
-    config_flags.DEFINE_config_dict, "config", _saved_config(), "Overrides of the checkpoint's config.",
+    config_flags.DEFINE_config_dict, "config", cli.saved_config(sys.argv), "Overrides of the checkpoint's config.",
     lock_config=True)
 
 

@@ -31,7 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.epochs = 24
   config.train.batch_size = 8
   config.train.learning_rate = 0.01
-  config.train.checkpoint_every_steps = 2000
+  # The seed's lr is constant (base: schedule "constant"). A checkpoint every
+  # quarter epoch: 2,003 steps of 8,014 on train2017's 64,115 person images.
+  config.train.checkpoint_every_epochs = 0.25
   config.eval.score_threshold = 0.4
   config.eval.nms_threshold = 0.5
   return config

@@ -75,6 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.schedule = "constant"
   config.train.epochs = 24
   config.train.batch_size = 8
+  config.train.checkpoint_every_epochs = 0.25
   config.proposals.pre_nms_top_k = 12000
   config.proposals.nms_threshold = 0.7
   config.proposals.post_nms_top_k = 1000

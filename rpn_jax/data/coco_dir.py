@@ -55,6 +55,24 @@ def person_category_id(coco: COCO, path: str) -> int:
   return int(ids[0])
 
 
+def available_splits(coco_dir: str) -> list[str]:
+  """Splits of a COCO folder: each <split> with both
+  annotations/instances_<split>.json and a <split>/ image folder, sorted."""
+  ann_dir = os.path.join(coco_dir, "annotations")
+  if not os.path.isdir(ann_dir):
+    return []
+  names = [f[len("instances_"):-len(".json")] for f in os.listdir(ann_dir)
+           if f.startswith("instances_") and f.endswith(".json")]
+  return sorted(n for n in names if os.path.isdir(os.path.join(coco_dir, n)))
+
+
+def _found_splits(coco_dir: str) -> str:
+  found = available_splits(coco_dir)
+  return f"found splits: {', '.join(found)}" if found else (
+      "found no split (annotations/instances_<split>.json with a <split>/ "
+      "image folder)")
+
+
 class CocoDirDataset:
   """Random-access person dataset over a COCO folder (see module docstring).
 
@@ -74,10 +92,14 @@ class CocoDirDataset:
       raise FileNotFoundError(f"COCO directory not found: {root}")
     ann_path = os.path.join(root, "annotations", f"instances_{split}.json")
     if not os.path.isfile(ann_path):
-      raise FileNotFoundError(f"COCO annotation file not found: {ann_path}")
+      raise FileNotFoundError(
+          f"no annotations/instances_{split}.json in {root}; "
+          f"{_found_splits(root)}")
     self.image_dir = os.path.join(root, split)
     if not os.path.isdir(self.image_dir):
-      raise FileNotFoundError(f"COCO image folder not found: {self.image_dir}")
+      raise FileNotFoundError(
+          f"COCO image folder not found: {self.image_dir} (split {split!r}); "
+          f"{_found_splits(root)}")
     self.split = split
     coco = load_coco(ann_path)
     person_id = person_category_id(coco, ann_path)

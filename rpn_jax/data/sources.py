@@ -45,4 +45,14 @@ def open_dataset(data_cfg: ml_collections.ConfigDict, split: str) -> Dataset:
   if not root:
     raise ValueError("data.coco_dir is empty; set it to a folder with "
                      "annotations/instances_<split>.json and <split>/")
-  return coco_dir.CocoDirDataset(root, split, data_cfg.person_images_only)
+  try:
+    return coco_dir.CocoDirDataset(root, split, data_cfg.person_images_only)
+  except FileNotFoundError as e:
+    # Name the key that chose the split (the base config's are "train" and
+    # "val"; COCO's own folders are train2017 and val2017).
+    keys = [k for k in ("train_split", "val_split") if data_cfg.get(k) == split]
+    if not keys or not os.path.isdir(root):
+      raise
+    raise FileNotFoundError(
+        f"{e}; set {' / '.join(f'--config.data.{k}' for k in keys)}"
+    ) from None

@@ -1,0 +1,62 @@
+"""Exports a trained detector to one file for `rpn_jax.load_detector`.
+
+  rpn-export (or python -m rpn_jax.export) --ckpt DIR --out FILE [--step N]
+      [--config.eval.a=v ...]
+
+Restores the config saved with the checkpoint (`--config.*` overrides apply on
+top of it: eval.score_threshold, eval.image_size, eval.tta_scales, ... become
+the detector's settings) and writes its params and batch statistics, without
+optimizer state, with that config into FILE (rpn_jax/export.py has the
+layout).
+"""
+
+import sys
+
+import numpy as np
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from rpn_jax import cli
+
+_CKPT = flags.DEFINE_string(
+    "ckpt", None, "Training workdir (train.py --workdir)."
+)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
+_OUT = flags.DEFINE_string("out", None, "File to write (an .npz archive).")
+_CONFIG = cli.define_config_flag(
+    config_flags.DEFINE_config_dict,
+    "config",
+    cli.saved_config(sys.argv),
+    "Overrides of the checkpoint's config (the detector's settings).",
+    lock_config=True,
+)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not _CKPT.value or not _OUT.value:
+    raise app.UsageError("--ckpt DIR and --out FILE are required")
+  cli.setup()
+  with cli.one_line_errors():
+    import jax
+    from rpn_jax import eval_lib
+    from rpn_jax import export
+
+    variables, step = eval_lib.restore_variables(
+        _CONFIG.value, _CKPT.value, _STEP.value
+    )
+    export.write_detector_file(_OUT.value, _CONFIG.value, variables)
+  count = sum(
+      np.size(v) for v in jax.tree_util.tree_leaves(variables["params"])
+  )
+  print(
+      f"Wrote the detector of {_CKPT.value} (step {step}, {count:,} "
+      f"parameters) to {_OUT.value}\nLoad it with: import rpn_jax; "
+      f"detector = rpn_jax.load_detector({_OUT.value!r})"
+  )
+
+
+def run() -> None:
+  app.run(main)
