@@ -4,8 +4,6 @@ detections as evaluate.py, no training code loaded."""
 import collections
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,19 +15,7 @@ from rpn_jax import eval_lib
 from rpn_jax import export
 from rpn_jax import postprocess
 from rpn_jax.data import open_dataset
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args):
-  return subprocess.run(
-      [sys.executable, *args],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      env=dict(os.environ),
-  )
+from tests.test_cli import run
 
 
 @pytest.fixture(scope="module")

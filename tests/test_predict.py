@@ -3,8 +3,6 @@ one-line errors."""
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,19 +13,8 @@ from rpn_jax.data import CorruptImageError
 from rpn_jax.data import image_files
 from rpn_jax.data import open_dataset
 from tests.tiny_config import get_config as tiny_config
+from tests.test_cli import run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(*args):
-  return subprocess.run(
-      [sys.executable, *args],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=600,
-      env=dict(os.environ),
-  )
 
 
 @pytest.fixture(scope="module")
