@@ -3,7 +3,7 @@
   python -m bench.eval_bench [--config configs/default.py] [--ckpt DIR]
 
 Runs what evaluate.py runs (eval_lib: predict_proposals, evaluate_proposals at
-the config's thresholds, proposal_recall) once to compile, then times it again
+the config's thresholds; coco_eval.proposal_recall) once to compile, then times it again
 (the compiled programs come from the persistent compilation cache, as for a
 second evaluate.py), and times its stages alone: decode (the threaded
 BatchLoader), device (the jitted forward + proposals per batch), host
@@ -52,7 +52,7 @@ def _evaluate(config, variables, dataset, coco, category_id) -> dict[str, float]
     metrics, _ = eval_lib.evaluate_proposals(
         props, coco, image_ids, category_id, config.eval.score_threshold,
         config.eval.nms_threshold, config.eval.max_detections)
-    return dict(metrics, **eval_lib.proposal_recall(props, coco, image_ids, category_id))
+    return dict(metrics, **coco_eval.proposal_recall(props, coco, image_ids, category_id))
 
 
 def _timed(fn, *args) -> tuple[Any, float]:
@@ -104,7 +104,7 @@ def stages(config, variables, dataset, coco, category_id) -> dict[str, float]:
     image_ids = [int(i) for i in props.image_ids]
 
     _, cocoeval_s = _timed(coco_eval.evaluate, coco, results, image_ids, category_id)
-    _, recall_s = _timed(eval_lib.proposal_recall, props, coco, image_ids, category_id)
+    _, recall_s = _timed(coco_eval.proposal_recall, props, coco, image_ids, category_id)
     return {"decode_s": decode_s, "device_s": device_s, "host_post_s": host_post_s,
             "cocoeval_s": cocoeval_s, "recall_s": recall_s, "detections": len(results),
             "proposals": int(props.valid.sum())}
@@ -113,7 +113,7 @@ def stages(config, variables, dataset, coco, category_id) -> dict[str, float]:
 def measure(config: ml_collections.ConfigDict, ckpt: str | None = None) -> dict[str, Any]:
     """One row: end-to-end images/s of the split and the seconds of each stage."""
     if ckpt:
-        variables, _ = eval_lib.restore_variables(config, ckpt)
+        variables, _ = checkpoint_lib.restore_variables(config, ckpt)
     else:
         model = setup_model.build_model(config.model)
         variables = setup_model.init_variables(config, model, jax.random.key(config.seed))

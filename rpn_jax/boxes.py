@@ -8,15 +8,11 @@ torchvision's convention: width = x2 - x1 and height = y2 - y1 (no +1).
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple
 
 import jax.numpy as jnp
 
 Clamp = Optional[Tuple[float, float, float]]
-
-TORCHVISION_CLAMP = (math.inf, -math.inf, math.log(1000.0 / 16))
-"""The clamp torchvision's ``BoxCoder`` applies when decoding (dw, dh <= log(1000/16))."""
 
 
 def _unfused(product: jnp.ndarray) -> jnp.ndarray:
@@ -141,7 +137,7 @@ def decode(
     ``clamp`` acts on the weighted deltas as given (before dividing by
     ``weights``). With ``clamp=None`` and unit weights this equals torchvision's
     ``BoxCoder.decode`` for dw, dh below its log(1000/16) cap; pass
-    ``(inf, -inf, log(1000/16))`` to get that cap too.
+    ``rpn_jax.defaults.TORCHVISION_BOX_CLAMP`` to get that cap too.
     """
     _check_clamp(clamp)
     wx, wy, ww, wh = (float(w) for w in weights)

@@ -12,8 +12,10 @@ from typing import Any
 
 import ml_collections
 
-# (xy_limit, wh_min, wh_max) on the (dx, dy) and (dw, dh) deltas.
+# (xy_limit, wh_min, wh_max) on the (dx, dy) and (dw, dh) deltas
+# (`targets.box_clamp`, passed to rpn_jax.boxes.encode / decode).
 SEED_BOX_CLAMP = (0.5, math.log(0.5), math.log(2.0))
+# torchvision's BoxCoder: dw, dh capped at log(1000/16) when decoding.
 TORCHVISION_BOX_CLAMP = (math.inf, -math.inf, math.log(1000.0 / 16))
 
 
@@ -119,6 +121,8 @@ def base_config() -> ml_collections.ConfigDict:
   train.momentum = 0.9
   train.weight_decay = 1e-4
   train.schedule = "constant"  # constant | warmup_step
+  # warmup_step starts at learning_rate x this (detectron2's factor).
+  train.warmup_factor = 0.001
   # Durations: each in steps, epochs or percent (a fraction of the whole run,
   # in [0, 1]; the run is epochs x steps/epoch, cut at max_steps), at most one
   # of the three set, the others 0 or (); resolved to steps once the dataset
@@ -138,7 +142,15 @@ def base_config() -> ml_collections.ConfigDict:
   train.checkpoint_every_steps = 0
   train.checkpoint_every_epochs = 0.0
   train.checkpoint_every_percent = 0.0
+  # Also a checkpoint once this many minutes have passed since the last one
+  # (0 = off): on a preemptible machine the work lost to a kill is bounded in
+  # time, whatever a step costs there.
+  train.checkpoint_every_minutes = 0.0
+  # The newest keep_checkpoints are kept, older ones deleted ...
   train.keep_checkpoints = 3
+  # ... except those at every this many epochs' ends (0 = none), so that
+  # after a run each of them can still be evaluated (evaluate.py --step N).
+  train.keep_every_epochs = 0
   # A metrics.jsonl line at this cadence and at the run's end (all three 0:
   # at each epoch's end).
   train.log_every_steps = 20

@@ -1,10 +1,13 @@
-"""Evaluation: fixed-size proposals on device (`rpn_jax.predictor`), then
-thresholds and a second NMS (`rpn_jax.postprocess`) and COCO evaluation on
-the host side.
+"""Evaluation of a split: the predict loop over it, then COCO evaluation at
+the configured thresholds, the proposals' recall and the threshold sweep;
+`run_evaluation` is evaluate.py.
 
-Proposals are computed once per image ([K, 4] canvas pixels with scores and a
-validity mask) and cached, so any number of (score, NMS) threshold pairs can
-be evaluated from one forward pass over the split.
+Its parts live elsewhere: restoring a checkpoint's variables in
+`rpn_jax.checkpoint`, the model on device in `rpn_jax.predictor`, thresholds
+and the second NMS in `rpn_jax.postprocess`, COCOeval and proposal recall in
+`rpn_jax.coco_eval`. Proposals are computed once per image ([K, 4] canvas
+pixels with scores and a validity mask) and cached, so any number of (score,
+NMS) threshold pairs can be evaluated from one forward pass over the split.
 """
 
 import json
@@ -17,20 +20,18 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.cocoeval import Params
 from tqdm import tqdm
 
 from rpn_jax import checkpoint as checkpoint_lib
 from rpn_jax import coco_eval
 from rpn_jax import parallel
 from rpn_jax import setup_model
-from rpn_jax import train_lib
 from rpn_jax import tta as tta_lib
 from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
-# The predictor and the post-processing live in modules free of the training
-# code (for the exported detector); their names stay available here.
+# Names that live in the modules above, kept importable from here for the
+# callers in bench/ and tests/ (restore_variables: bench/learning_parity.py).
+from rpn_jax.checkpoint import restore_variables
 from rpn_jax.postprocess import Proposals, select_detections
 from rpn_jax.predictor import make_predict_fn, with_eval_canvas
 
@@ -71,47 +72,6 @@ def predict_proposals(config: ml_collections.ConfigDict,
                    np.concatenate(scores), np.concatenate(valid))
 
 
-def restore_variables(config: ml_collections.ConfigDict, ckpt_dir: str,
-                      step: int | None = None) -> tuple[dict[str, Any], int]:
-  """Params and statistics of checkpoint `step` (default: newest) of a workdir.
-
-  `config` must agree with the workdir's config.json on every model setting
-  (else a ValueError names the differing keys)."""
-  saved = checkpoint_lib.load_config(ckpt_dir)
-  diff = checkpoint_lib.config_mismatch(saved.to_dict(), config)
-  if diff:
-    raise ValueError(f"the checkpoint in {ckpt_dir} was trained with other "
-                     f"model settings: {', '.join(diff)}")
-  ckpt = checkpoint_lib.Checkpointer(
-      os.path.join(ckpt_dir, checkpoint_lib.CHECKPOINT_DIR))
-  steps = ckpt.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}")
-  if step is not None and step not in steps:
-    raise ValueError(f"--step {step} not in {ckpt.directory} (has {steps})")
-  model = setup_model.build_model(config.model)
-  variables = setup_model.init_variables(_without_pretrained(config), model,
-                                         jax.random.key(0))
-  tx = train_lib.make_optimizer(config, variables)
-  target = train_lib.create_train_state(config, model, tx, variables)
-  if step is None:
-    state = ckpt.restore_latest(target)
-    if state is None:
-      raise ValueError(f"no readable checkpoint in {ckpt.directory}")
-  else:
-    state = ckpt.restore(step, target)
-  ckpt.close()
-  return ({"params": state.params, "batch_stats": state.batch_stats},
-          int(state.step))
-
-
-def _without_pretrained(config: ml_collections.ConfigDict
-                        ) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.model.pretrained = ""
-  return config
-
-
 def evaluate_proposals(props: Proposals, coco, image_ids, category_id: int,
                        score_threshold: float, nms_threshold: float,
                        max_detections: int) -> tuple[dict[str, float], list[dict]]:
@@ -137,67 +97,6 @@ def evaluate_proposals_with_curve(
   return metrics, results, curve
 
 
-def _ranks_and_matchable(results: np.ndarray, coco, category_id: int
-                         ) -> tuple[np.ndarray, np.ndarray]:
-  """For each row of `coco_eval.to_array`'s [M, 7] results: its rank among its
-  image's detections in COCOeval's order (stable sort by descending score),
-  and whether its IoU with some ground-truth box of `category_id` reaches
-  COCOeval's lowest IoU threshold (IoU as COCOeval's computeIoU has it:
-  pycocotools' bbox IoU, crowd boxes as intersection over detection area)."""
-  lowest_iou = Params(iouType="bbox").iouThrs.min()
-  ranks = np.empty(len(results), np.int64)
-  matchable = np.zeros(len(results), bool)
-  by_image = np.argsort(results[:, 0], kind="stable")
-  image_ids, starts = np.unique(results[by_image, 0], return_index=True)
-  for image_id, rows in zip(image_ids, np.split(by_image, starts[1:])):
-    order = np.argsort(-results[rows, 5], kind="mergesort")
-    ranks[rows[order]] = np.arange(len(rows))
-    gt = coco.loadAnns(coco.getAnnIds(imgIds=[int(image_id)],
-                                      catIds=[category_id]))
-    if gt:
-      ious = mask_utils.iou(results[rows, 1:5], [g["bbox"] for g in gt],
-                            [int(g["iscrowd"]) for g in gt])
-      matchable[rows] = ious.max(axis=1) >= lowest_iou
-  return ranks, matchable
-
-
-def proposal_recall(props: Proposals, coco, image_ids, category_id: int,
-                    limits: tuple[int, ...] = (100, 300, 1000)
-                    ) -> dict[str, float]:
-  """AR@n of the raw post-NMS proposals (no score threshold, no second NMS),
-  the recall RPN papers report: COCOeval recall (IoU 0.50:0.95) with maxDets
-  set to `limits`. Returns {"AR@100": ..., ...} for the limits the proposals
-  reach (n <= post_nms_top_k).
-
-  The numbers are those of one COCOeval of every proposal, computed from far
-  fewer (COCOeval's per-detection matching loop is what costs: 1,000
-  proposals x 10 IoU thresholds x 4 area ranges per image). A proposal whose
-  IoU with every ground-truth box is below 0.5 never matches, so it never
-  changes another's match and is never a true positive: it only takes a
-  place in its image's ranking. AR@n therefore equals COCOeval, at the same
-  maxDets, of the matchable proposals ranked within their image's top n.
-  """
-  limits = tuple(n for n in limits if n <= props.boxes.shape[1])
-  if not limits:
-    return {}
-  results = coco_eval.to_array(props.image_ids, props.boxes, props.scores,
-                               props.valid, category_id)
-  while len(limits) < 3:  # COCOeval.summarize reads three limits
-    limits = (limits[0],) + limits
-  ranks, matchable = _ranks_and_matchable(results, coco, category_id)
-  recall = {}
-  for n, key in zip(limits, ("AR1", "AR10", "AR100")):
-    if f"AR@{n}" in recall:  # a padded limit: the same number again
-      continue
-    counted = results[matchable & (ranks < n)]
-    if len(counted):
-      recall[f"AR@{n}"] = coco_eval.evaluate(
-          coco, counted, image_ids, category_id, max_dets=limits)[key]
-    else:  # nothing can match: 0, without evaluate's no-detections warning
-      recall[f"AR@{n}"] = 0.0
-  return recall
-
-
 def threshold_sweep(props: Proposals, coco, image_ids, category_id: int,
                     score_thresholds: list[float], nms_thresholds: list[float],
                     max_detections: int) -> list[dict[str, float]]:
@@ -219,9 +118,10 @@ def format_sweep(rows: list[dict[str, float]]) -> str:
            "|-----|-----------|-------|-------|-------|-------|"]
   for i, r in enumerate(rows):
     mark = " *" if i == best else ""
+    values = " | ".join(f"{coco_eval.format_metric(r[k]):<5}"
+                        for k in ("AP", "AP50", "AP75", "AR100"))
     lines.append(f"| {r['nms_threshold']:.2f} | {r['score_threshold']:.2f} | "
-                 f"{r['AP']:.3f} | {r['AP50']:.3f} | {r['AP75']:.3f} | "
-                 f"{r['AR100']:.3f} |{mark}")
+                 f"{values} |{mark}")
   return "\n".join(lines)
 
 
@@ -236,10 +136,11 @@ def ground_truth(dataset: Any) -> tuple[Any, int]:
 class SplitScores:
   """What `score_proposals` measures on a split.
 
-  metrics: the 12 COCO numbers (coco_eval.METRIC_KEYS) of the detections at
-  eval.score_threshold / eval.nms_threshold; results: those detections (COCO
-  results dicts); curve: their precision-recall curves; recall: the raw
-  proposals' AR@n (`proposal_recall`).
+  metrics: the 12 COCO numbers (coco_eval.METRIC_KEYS, -1 where COCOeval
+  has no ground truth to measure) of the detections at eval.score_threshold /
+  eval.nms_threshold; results: those detections (COCO results dicts); curve:
+  their precision-recall curves; recall: the raw proposals' recall,
+  {"proposal_AR@n": ...} (`coco_eval.proposal_recall`).
   """
   metrics: dict[str, float]
   results: list[dict]
@@ -258,7 +159,8 @@ def score_proposals(config: ml_collections.ConfigDict, props: Proposals,
   metrics, results, curve = evaluate_proposals_with_curve(
       props, coco, image_ids, category_id, config.eval.score_threshold,
       config.eval.nms_threshold, config.eval.max_detections)
-  recall = proposal_recall(props, coco, image_ids, category_id, recall_limits)
+  recall = coco_eval.proposal_recall(props, coco, image_ids, category_id,
+                                     recall_limits)
   return SplitScores(metrics, results, curve, recall)
 
 
@@ -272,7 +174,8 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
   metrics.jsonl), `num_images_to_draw` proposal pictures (and sweep.json)
   into `output_dir`; returns the metrics of the configured thresholds."""
   canvas = with_eval_canvas(config).data.image_size
-  variables, restored_step = restore_variables(config, ckpt_dir, step)
+  variables, restored_step = checkpoint_lib.restore_variables(
+      config, ckpt_dir, step)
   dataset = open_dataset(config.data, config.data.val_split)
   os.makedirs(output_dir, exist_ok=True)
   t0 = time.perf_counter()
@@ -313,7 +216,7 @@ def run_evaluation(config: ml_collections.ConfigDict, ckpt_dir: str,
     kind = ("fused proposals of the TTA passes" if tta_note
             else "raw post-NMS proposals")
     print(f"Proposal recall ({kind}): " + ", ".join(
-        f"{k} {v:.3f}" for k, v in recall.items()))
+        f"{k} {coco_eval.format_metric(v)}" for k, v in recall.items()))
   if sweep_scores or sweep_nms:
     rows = threshold_sweep(
         props, coco, image_ids, category_id,

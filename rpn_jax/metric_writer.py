@@ -3,7 +3,7 @@
 Each record becomes one line of `<workdir>/metrics.jsonl` (what scripts and
 the loss plot read) and one TensorBoard scalar per number under
 `<workdir>/tensorboard`, tagged `<split>/<key>` (`train/total`, `val/AP`;
-`@`, which tags may not hold, spelt `_at_`: `val/AR_at_1000`). Event files are
+`@`, which tags may not hold, spelt `_at_`: `val/proposal_AR_at_1000`). Event files are
 written with tensorboardX, so TensorFlow is never needed.
 """
 
@@ -19,8 +19,9 @@ _NOT_SCALARS = ("step", "split", "epoch", "epochs")
 
 
 def tensorboard_tag(split: str, key: str) -> str:
-  """The TensorBoard tag of record key `key`: `val/AR@1000` -> `val/AR_at_1000`
-  (tensorboardX would make `@` a bare `_`, and AR_1000 reads like AR100)."""
+  """The TensorBoard tag of record key `key`: `proposal_AR@1000` of split
+  `val` -> `val/proposal_AR_at_1000` (tensorboardX would make `@` a bare `_`,
+  and AR_1000 reads like AR100)."""
   return f"{split}/{key.replace('@', '_at_')}"
 
 

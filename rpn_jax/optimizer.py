@@ -50,8 +50,8 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
     """Learning rate as a function of the step.
 
     "constant": `learning_rate`.
-    "warmup_step": linear warmup from `learning_rate * warmup_factor` (default 0.001,
-    detectron2's) to `learning_rate` over `warmup_steps`, times `decay_factor` for
+    "warmup_step": linear warmup from `learning_rate * warmup_factor` (0.001 in
+    base_config(), detectron2's) to `learning_rate` over `warmup_steps`, times `decay_factor` for
     every boundary in `decay_steps` that the step has reached.
     Only the `*_steps` keys are read: a config that gives warmup or decay in
     epochs or percent goes through `rpn_jax.schedules.resolve_steps` first
@@ -63,7 +63,7 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
     if train_cfg.schedule != "warmup_step":
         raise ValueError(f"unknown schedule {train_cfg.schedule!r}; expected one of {SCHEDULES}")
     warmup_steps = int(train_cfg.warmup_steps)
-    warmup_factor = float(train_cfg.get("warmup_factor", 0.001))
+    warmup_factor = float(train_cfg.warmup_factor)
     boundaries = jnp.asarray(sorted(train_cfg.decay_steps), jnp.int32)
     decay_factor = float(train_cfg.decay_factor)
 

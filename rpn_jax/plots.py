@@ -45,8 +45,9 @@ def plot_precision_recall(
   # every one is: the mean is undefined there too, not taken over the rest.
   lines.append(("IoU 0.50:0.95 mean", precision.mean(axis=0)))
   for label, values in lines:
-    ap = np.nanmean(values) if np.isfinite(values).any() else 0.0
-    ax.plot(recall, values, label=f"{label} (AP {ap:.3f})")
+    # No ground truth: COCOeval's AP is -1 (n/a), not 0.
+    ap = np.nanmean(values) if np.isfinite(values).any() else -1.0
+    ax.plot(recall, values, label=f"{label} (AP {coco_eval.format_metric(ap)})")
   ax.set_xlabel("recall")
   ax.set_ylabel("precision")
   ax.set_xlim(0, 1)

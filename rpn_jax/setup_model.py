@@ -15,17 +15,17 @@ import numpy as np
 from rpn_jax import anchors as anchors_lib
 from rpn_jax import weights as weights_lib
 from rpn_jax.models import fpn as fpn_lib
+from rpn_jax.models import resnet as resnet_lib
 from rpn_jax.models import rpn as rpn_lib
 
-_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def backbone_depth(name: str) -> int:
-  if name not in _DEPTHS:
-    raise ValueError(
-        f"model.backbone={name!r} is not one of {sorted(_DEPTHS)}")
-  return _DEPTHS[name]
+  if name not in resnet_lib.ARCH_DEPTHS:
+    raise ValueError(f"model.backbone={name!r} is not one of "
+                     f"{sorted(resnet_lib.ARCH_DEPTHS)}")
+  return resnet_lib.ARCH_DEPTHS[name]
 
 
 def uses_fpn(model_cfg: ml_collections.ConfigDict) -> bool:
@@ -159,3 +159,15 @@ def init_variables(config: ml_collections.ConfigDict, model: rpn_lib.RPN,
     variables = weights_lib.graft_pretrained(
         variables, config.model.pretrained, config.model.norm)
   return variables
+
+
+def variable_shapes(config: ml_collections.ConfigDict, model: rpn_lib.RPN
+                    ) -> dict[str, Any]:
+  """What `init_variables` returns, as jax.ShapeDtypeStruct leaves, traced
+  but not computed (no initialisation, no weights file read): the target a
+  checkpoint restores into."""
+  size = config.data.image_size
+  return jax.eval_shape(
+      lambda key: model.init(key, jnp.zeros((1, size, size, 3), jnp.float32),
+                             train=False),
+      jax.random.key(0))

@@ -21,6 +21,8 @@ import optax
 from tqdm import tqdm
 
 from rpn_jax import checkpoint as checkpoint_lib
+from rpn_jax import coco_eval
+from rpn_jax import eval_lib
 from rpn_jax import losses as losses_lib
 from rpn_jax import metric_writer
 from rpn_jax import optimizer as optimizer_lib
@@ -34,6 +36,11 @@ from rpn_jax.data import open_dataset
 from rpn_jax.data import transforms
 
 Batch = dict[str, Any]
+
+# The clock of train.checkpoint_every_minutes: monotonic, so that a clock
+# adjustment on the host neither skips nor doubles a save; a module global so
+# that a test can drive it.
+_clock = time.monotonic
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -255,29 +262,27 @@ class _Validator:
   the split and its ground truth loaded once."""
 
   def __init__(self, config: ml_collections.ConfigDict):
-    from rpn_jax import eval_lib  # imported here: eval_lib imports this module
-    self._eval_lib = eval_lib
     self._config = config
     self.dataset = open_dataset(config.data, config.data.val_split)
     self._ground_truth = None
 
   def __call__(self, state: TrainState) -> dict[str, float] | None:
-    """AP, AP50, AR100 and the proposals' AR@1000 (AR@300 or AR@100 with
-    fewer proposals per image, as evaluate.py) on process 0, None on the
-    others (which still predict their share)."""
-    props = self._eval_lib.predict_proposals(
+    """AP, AP50, AR100 and the proposals' recall proposal_AR@1000
+    (proposal_AR@300 or @100 with fewer proposals per image, as evaluate.py)
+    on process 0, None on the others (which still predict their share)."""
+    props = eval_lib.predict_proposals(
         self._config,
         {"params": state.params, "batch_stats": state.batch_stats},
         self.dataset)
     if jax.process_index() != 0:
       return None
     if self._ground_truth is None:
-      self._ground_truth = self._eval_lib.ground_truth(self.dataset)
+      self._ground_truth = eval_lib.ground_truth(self.dataset)
     coco, category_id = self._ground_truth
     # One limit, one COCOeval: the three of evaluate.py cost too much to
     # repeat every few epochs.
     limits = [n for n in (100, 300, 1000) if n <= props.boxes.shape[1]]
-    scores = self._eval_lib.score_proposals(
+    scores = eval_lib.score_proposals(
         self._config, props, coco, category_id,
         recall_limits=tuple(limits[-1:]))
     return dict({k: scores.metrics[k] for k in ("AP", "AP50", "AR100")},
@@ -324,9 +329,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   state = create_train_state(config, model, tx, variables)
 
   mesh = parallel.data_mesh()
+  for key in ("checkpoint_every_minutes", "keep_every_epochs"):
+    if config.train[key] < 0:
+      raise ValueError(
+          f"train.{key}={config.train[key]:g} is negative (0: off)"
+      )
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"),
-      max_to_keep=config.train.keep_checkpoints)
+      max_to_keep=config.train.keep_checkpoints,
+      keep_every_steps=config.train.keep_every_epochs * steps_per_epoch)
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state = restored
@@ -394,9 +405,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     progress.write(
         f"Validation at step {step} (epoch {epochs:g}), "
         f"{len(validate.dataset)} {config.data.val_split} images: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in val.items())
+        + ", ".join(f"{k} {coco_eval.format_metric(v)}"
+                    for k, v in val.items())
         + f" ({time.perf_counter() - t0:.1f} s)")
 
+  save_seconds = 60 * config.train.checkpoint_every_minutes
+  last_save = _clock()
   with _StopRequest() as stop:
     epoch = start // steps_per_epoch
     while int(start) < total_steps and not stop.signal_name:
@@ -411,8 +425,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         end_of_epoch = start % steps_per_epoch == 0
         every = config.train.checkpoint_every_steps
         if ((every and start % every == 0) or end_of_epoch
-            or start == total_steps):
+            or start == total_steps
+            or (save_seconds and _clock() - last_save >= save_seconds)):
           ckpt.save(start, state)
+          last_save = _clock()
         if validate and not stop.signal_name and (
             start == total_steps or
             (end_of_epoch and (start // steps_per_epoch) % eval_every == 0)):

@@ -23,9 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from rpn_jax.models.resnet import ResNet
+from rpn_jax.models.resnet import ARCH_DEPTHS, ResNet
 
-ARCH_DEPTHS = {"resnet18": 18, "resnet34": 34, "resnet50": 50, "resnet101": 101}
 NORMS = ("frozen_bn", "bn")  # the ResNet norms torchvision weights convert to
 # Flax leaf name -> torchvision tensor name.
 _TORCH_LEAF = {

@@ -11,6 +11,7 @@ import torchvision
 from torchvision.models.detection._utils import BoxCoder
 
 from rpn_jax import boxes as B
+from rpn_jax import defaults
 
 SEED_CLAMP = (0.5, math.log(0.5), math.log(2.0))
 
@@ -67,7 +68,7 @@ def test_decode_with_torchvision_clamp_matches_its_cap():
     codes[:10, 2:] = 8.0  # above log(1000/16) ~ 4.14: capped by torchvision
     expected = BoxCoder(weights=(1, 1, 1, 1)).decode_single(
         torch.from_numpy(codes), torch.from_numpy(anchors)).numpy()
-    decoded = np.asarray(B.decode(anchors, codes, clamp=B.TORCHVISION_CLAMP))
+    decoded = np.asarray(B.decode(anchors, codes, clamp=defaults.TORCHVISION_BOX_CLAMP))
     np.testing.assert_allclose(decoded, expected, rtol=1e-5, atol=1e-2)
 
 

@@ -39,7 +39,7 @@ def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
   # proposal recall only rose from 0.032 to 0.036), so no margin is asserted.
   assert after["AP"] > before["AP"]
   assert after["AP50"] > before["AP50"]
-  assert after["AR@100"] > before["AR@100"]
+  assert after["proposal_AR@100"] > before["proposal_AR@100"]
   with open(os.path.join(out, "metrics.json")) as f:
     metrics = json.load(f)
   assert set(coco_eval.METRIC_KEYS) <= set(metrics)
@@ -72,7 +72,7 @@ def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
   for key in coco_eval.METRIC_KEYS:
     assert rows[(0.3, 0.6)][key] == separate[key]
     assert rows[(tiny.eval.score_threshold, 0.5)][key] == metrics[key]
-  assert 0.0 <= metrics["AR@100"] <= 1.0
+  assert 0.0 <= metrics["proposal_AR@100"] <= 1.0
 
   # The enlarged test-time passes through the same path: their boxes come back
   # inside the original images, metrics.json names the settings.
@@ -118,8 +118,8 @@ def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
       os.path.join(resumed, "checkpoints")).all_steps() == [epoch]
   train_lib.train_and_evaluate(tiny, resumed)
 
-  a, step_a = eval_lib.restore_variables(tiny, straight)
-  b, step_b = eval_lib.restore_variables(tiny, resumed)
+  a, step_a = checkpoint_lib.restore_variables(tiny, straight)
+  b, step_b = checkpoint_lib.restore_variables(tiny, resumed)
   assert step_a == step_b == 2 * epoch
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
@@ -173,7 +173,8 @@ def test_proposal_recall_equals_plain_cocoeval():
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    expected = {f"AR@{n}": ev.stats[6 + i] for i, n in enumerate(padded)}
-    recall = eval_lib.proposal_recall(props, gt, image_ids, 1, limits)
+    expected = {f"proposal_AR@{n}": ev.stats[6 + i] for i, n in enumerate(padded)}
+    recall = coco_eval.proposal_recall(props, gt, image_ids, 1, limits)
     assert recall == expected
-    assert 0 < recall[f"AR@{limits[0]}"] < recall[f"AR@{limits[-1]}"]
+    assert (0 < recall[f"proposal_AR@{limits[0]}"]
+            < recall[f"proposal_AR@{limits[-1]}"])

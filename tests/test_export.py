@@ -36,7 +36,7 @@ def exported(tiny_workdir, tmp_path_factory):
 
 def test_export_holds_inference_variables_and_config(tiny_workdir, exported):
   config = checkpoint_lib.load_config(tiny_workdir)
-  variables, _ = eval_lib.restore_variables(config, tiny_workdir)
+  variables, _ = checkpoint_lib.restore_variables(config, tiny_workdir)
   with np.load(exported, allow_pickle=False) as data:  # no pickle inside
     names = set(data.files)
     saved = json.loads(str(data["config_json"]))
@@ -69,7 +69,7 @@ def test_not_a_detector_file_is_named(tmp_path):
 
 def test_detector_equals_evaluate(tiny_workdir, tmp_path):
   config = checkpoint_lib.load_config(tiny_workdir)
-  variables, _ = eval_lib.restore_variables(config, tiny_workdir)
+  variables, _ = checkpoint_lib.restore_variables(config, tiny_workdir)
   val = open_dataset(config.data, config.data.val_split)
   props = eval_lib.predict_proposals(config, variables, val)
   # A threshold that keeps about half of the proposals: both sides of it used.

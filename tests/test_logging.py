@@ -114,7 +114,7 @@ def test_tensorboard_has_losses_learning_rate_and_validation(run):
     assert math.isclose(value, expected, rel_tol=1e-6), (step, value)
   # Validation after epoch 2 and at the end of the run (epoch 3).
   val_steps = [2 * run["steps_per_epoch"], last]
-  for tag in ("val/AP", "val/AP50", "val/AR100", "val/AR_at_100"):
+  for tag in ("val/AP", "val/AP50", "val/AR100", "val/proposal_AR_at_100"):
     assert sorted(scalars[tag]) == val_steps, tag
     assert all(0.0 <= v <= 1.0 for v in scalars[tag].values())
   assert run["train_out"].count("Validation at step") == 2
@@ -135,7 +135,7 @@ def test_jsonl_holds_the_same_records(run):
   first = records.index(train[2 * run["steps_per_epoch"] - 1])
   assert records[first + 1] == val[0]
   # The last validation is of the final params: evaluate.py agrees.
-  for key in ("AP", "AP50", "AR100", "AR@100"):
+  for key in ("AP", "AP50", "AR100", "proposal_AR@100"):
     assert math.isclose(val[-1][key], run["metrics"][key], abs_tol=1e-12), key
 
 

@@ -19,6 +19,7 @@ def cfg(**overrides) -> ml_collections.ConfigDict:
         weight_decay=1e-4,
         schedule="constant",
         warmup_steps=0,
+        warmup_factor=0.001,
         decay_steps=[],
         decay_factor=0.1,
     )

@@ -114,7 +114,7 @@ def test_resume_under_another_model_config_names_the_keys(tiny, tmp_path):
   with pytest.raises(ValueError, match="model.head_channels.*model.width"):
     checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
   with pytest.raises(ValueError, match="other model settings: model.head_channels, model.width"):
-    eval_lib.restore_variables(tiny, str(tmp_path))
+    checkpoint_lib.restore_variables(tiny, str(tmp_path))
 
 
 def test_eval_canvas_is_eval_image_size_or_the_training_one(tiny):
@@ -160,7 +160,8 @@ def test_keys_missing_from_an_old_config_count_as_their_defaults(tiny, tmp_path)
 
 
 def test_old_config_restores_for_evaluation(tiny, tmp_path):
-  """evaluate.py's path: load_config of an old config.json, then restore_variables."""
+  """evaluate.py's path: load_config of an old config.json, then
+  checkpoint.restore_variables."""
   _, _, state = _tiny_state(tiny)
   state = state.replace(step=jnp.asarray(3, state.step.dtype),
                         params=jax.tree.map(lambda p: p + 1, state.params))
@@ -168,7 +169,7 @@ def test_old_config_restores_for_evaluation(tiny, tmp_path):
   ckpt.save(3, state, force=True)
   ckpt.close()
   _write_old_config(tiny, str(tmp_path))
-  variables, step = eval_lib.restore_variables(
+  variables, step = checkpoint_lib.restore_variables(
       checkpoint_lib.load_config(str(tmp_path)), str(tmp_path))
   assert step == 3
   assert jax.tree.all(jax.tree.map(np.array_equal, variables["params"], state.params))

@@ -41,10 +41,10 @@ def main(argv):
   cli.setup()
   with cli.one_line_errors():
     import jax
-    from rpn_jax import eval_lib
+    from rpn_jax import checkpoint
     from rpn_jax import export
 
-    variables, step = eval_lib.restore_variables(
+    variables, step = checkpoint.restore_variables(
         _CONFIG.value, _CKPT.value, _STEP.value
     )
     export.write_detector_file(_OUT.value, _CONFIG.value, variables)

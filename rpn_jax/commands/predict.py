@@ -84,11 +84,11 @@ def main(argv):
     ):
       if flag.value is not None:
         config.eval[key] = flag.value
-    from rpn_jax import eval_lib
+    from rpn_jax import checkpoint
     from rpn_jax import predict_lib
     from rpn_jax import predictor
 
-    variables, step = eval_lib.restore_variables(
+    variables, step = checkpoint.restore_variables(
         config, _CKPT.value, _STEP.value
     )
     detector = predictor.Detector(config, variables)

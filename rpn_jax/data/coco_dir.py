@@ -15,6 +15,7 @@ import os
 import numpy as np
 from pycocotools.coco import COCO
 
+from rpn_jax import coco_eval
 from rpn_jax.data import annotations
 from rpn_jax.data.cache import cache_root
 from rpn_jax.data.dataset import ImageRecord
@@ -44,15 +45,6 @@ def load_coco(path: str) -> COCO:
   except (KeyError, TypeError) as e:
     raise ValueError(f"{path}: malformed COCO entry (missing {e})") from None
   return coco
-
-
-def person_category_id(coco: COCO, path: str) -> int:
-  ids = [c["id"] for c in coco.dataset["categories"]
-         if c.get("name") == "person"]
-  if len(ids) != 1:
-    raise ValueError(f"{path}: expected one category named 'person', found "
-                     f"{len(ids)}")
-  return int(ids[0])
 
 
 def available_splits(coco_dir: str) -> list[str]:
@@ -102,7 +94,7 @@ class CocoDirDataset:
           f"{_found_splits(root)}")
     self.split = split
     coco = load_coco(ann_path)
-    person_id = person_category_id(coco, ann_path)
+    person_id = coco_eval.person_category_id(coco, ann_path)
     self.stats = {"images_in_file": len(coco.imgs), "images_without_person": 0,
                   "person_boxes": 0, "crowd_boxes": 0,
                   "degenerate_boxes_dropped": 0,

@@ -18,6 +18,8 @@ from jax import lax
 from rpn_jax.models.layers import Conv, max_pool_3x3_s2
 
 STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
+# torchvision's architecture names (`model.backbone`, `python -m rpn_jax.weights --arch`).
+ARCH_DEPTHS = {f"resnet{depth}": depth for depth in STAGE_BLOCKS}
 NORMS = ("frozen_bn", "bn", "gn")
 # torchvision's BatchNorm2d / FrozenBatchNorm2d epsilon.
 BN_EPSILON = 1e-5
