@@ -19,64 +19,86 @@ import torch
 
 from bench import common, inputs, jax_rpn, torch_rpn
 
-COLUMNS = ("image_size", "batch", "rpn_jax_s", "torchvision_s", "rpn_jax_img_s",
-           "torchvision_img_s", "speedup", "background_cores")
+COLUMNS = (
+    "image_size",
+    "batch",
+    "rpn_jax_s",
+    "torchvision_s",
+    "rpn_jax_img_s",
+    "torchvision_img_s",
+    "speedup",
+    "background_cores",
+)
 
 
-def measure(image_size: int, batch_size: int, repeats: int, warmup: int = 1,
-            backbone: str = "resnet50", width: int = 64) -> dict[str, Any]:
-    """One row: median seconds per step and images/s of both, speedup = torchvision / rpn_jax."""
-    config = jax_rpn.r50_c5_config(image_size, batch_size, backbone=backbone, width=width)
-    batch = inputs.train_batch(batch_size, image_size, config.data.max_boxes)
-    step, state = jax_rpn.train_step(config, jax_rpn.variables(config))
-    ours = jax_rpn.StepRunner(step, state, batch)
-    start = time.perf_counter()
-    ours()
-    first_call_s = time.perf_counter() - start
-    reference = torch_rpn.train_step(config, batch)
-    compiles = common.compile_count()
-    times, background = common.time_alternating({"rpn_jax": ours, "torchvision": reference}, repeats, warmup)
-    if common.compile_count() != compiles:
-        raise RuntimeError("rpn_jax's train step recompiled between steps")
-    ours_s = common.summary(times["rpn_jax"])["median_s"]
-    theirs_s = common.summary(times["torchvision"])["median_s"]
-    return {
-        "image_size": image_size,
-        "batch": batch_size,
-        "rpn_jax_s": ours_s,
-        "torchvision_s": theirs_s,
-        "rpn_jax_img_s": batch_size / ours_s,
-        "torchvision_img_s": batch_size / theirs_s,
-        "speedup": theirs_s / ours_s,
-        "background_cores": background,
-        "rpn_jax_first_call_s": first_call_s,
-        "rpn_jax_times_s": times["rpn_jax"],
-        "torchvision_times_s": times["torchvision"],
-        "rpn_jax_loss": float(ours.metrics["total"]),
-    }
+def measure(
+    image_size: int,
+    batch_size: int,
+    repeats: int,
+    warmup: int = 1,
+    backbone: str = "resnet50",
+    width: int = 64,
+) -> dict[str, Any]:
+  """One row: median seconds per step and images/s of both, speedup = torchvision / rpn_jax."""
+  config = jax_rpn.r50_c5_config(
+      image_size, batch_size, backbone=backbone, width=width
+  )
+  batch = inputs.train_batch(batch_size, image_size, config.data.max_boxes)
+  step, state = jax_rpn.train_step(config, jax_rpn.variables(config))
+  ours = jax_rpn.StepRunner(step, state, batch)
+  start = time.perf_counter()
+  ours()
+  first_call_s = time.perf_counter() - start
+  reference = torch_rpn.train_step(config, batch)
+  compiles = common.compile_count()
+  times, background = common.time_alternating(
+      {"rpn_jax": ours, "torchvision": reference}, repeats, warmup
+  )
+  if common.compile_count() != compiles:
+    raise RuntimeError("rpn_jax's train step recompiled between steps")
+  ours_s = common.summary(times["rpn_jax"])["median_s"]
+  theirs_s = common.summary(times["torchvision"])["median_s"]
+  return {
+      "image_size": image_size,
+      "batch": batch_size,
+      "rpn_jax_s": ours_s,
+      "torchvision_s": theirs_s,
+      "rpn_jax_img_s": batch_size / ours_s,
+      "torchvision_img_s": batch_size / theirs_s,
+      "speedup": theirs_s / ours_s,
+      "background_cores": background,
+      "rpn_jax_first_call_s": first_call_s,
+      "rpn_jax_times_s": times["rpn_jax"],
+      "torchvision_times_s": times["torchvision"],
+      "rpn_jax_loss": float(ours.metrics["total"]),
+  }
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="512,1024")
-    parser.add_argument("--batches", default="1,2")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(common.TORCH_THREADS)
-    rows = []
-    for size in (int(s) for s in args.sizes.split(",")):
-        for batch_size in (int(b) for b in args.batches.split(",")):
-            rows.append(measure(size, batch_size, args.repeats))
-            print(common.markdown_table(rows[-1:], COLUMNS), flush=True)
-            gc.collect()
-    settings = {"model": "R50-C5, frozen BN, stem+layer1 frozen, 15 anchors, 256 samples",
-                "repeats": args.repeats, "warmup": 1, "statistic": "median",
-                "reference": "torchvision RegionProposalNetwork loss path (no filter_proposals)"}
-    path = common.record("train_step", rows, settings)
-    print(common.markdown_table(rows, COLUMNS))
-    print(f"wrote {path}")
-    return rows
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", default="512,1024")
+  parser.add_argument("--batches", default="1,2")
+  parser.add_argument("--repeats", type=int, default=3)
+  args = parser.parse_args(argv)
+  torch.set_num_threads(common.TORCH_THREADS)
+  rows = []
+  for size in (int(s) for s in args.sizes.split(",")):
+    for batch_size in (int(b) for b in args.batches.split(",")):
+      rows.append(measure(size, batch_size, args.repeats))
+      print(common.markdown_table(rows[-1:], COLUMNS), flush=True)
+      gc.collect()
+  settings = {
+      "model": "R50-C5, frozen BN, stem+layer1 frozen, 15 anchors, 256 samples",
+      "repeats": args.repeats,
+      "warmup": 1,
+      "statistic": "median",
+      "reference": "torchvision RegionProposalNetwork loss path (no filter_proposals)",
+  }
+  path = common.record("train_step", rows, settings)
+  print(common.markdown_table(rows, COLUMNS))
+  print(f"wrote {path}")
+  return rows
 
 
 if __name__ == "__main__":
-    main()
+  main()

@@ -46,13 +46,17 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def _model_settings(config_dict: dict[str, Any]) -> dict[str, Any]:
   flat = _flatten(json.loads(json.dumps(config_dict)))
-  return {k: v for k, v in flat.items()
-          if any(k == p or k.startswith(p + ".") for p in _MODEL_KEYS)
-          and k not in _INIT_ONLY_KEYS}
+  return {
+      k: v
+      for k, v in flat.items()
+      if any(k == p or k.startswith(p + ".") for p in _MODEL_KEYS)
+      and k not in _INIT_ONLY_KEYS
+  }
 
 
-def config_mismatch(saved: dict[str, Any], config: ml_collections.ConfigDict
-                    ) -> list[str]:
+def config_mismatch(
+    saved: dict[str, Any], config: ml_collections.ConfigDict
+) -> list[str]:
   """Keys (dotted) whose model settings differ between `saved` and `config`;
   a key missing from `saved` counts as its base_config() default."""
   a = _model_settings(defaults.with_base_defaults(saved))
@@ -65,13 +69,17 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with keys added since it was saved set to their base_config() defaults."""
   path = os.path.join(workdir, CONFIG_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: not a rpn_jax "
-                            "training directory (train.py --workdir ...)")
+    raise FileNotFoundError(
+        f"no {CONFIG_FILE} in {workdir}: not a rpn_jax "
+        "training directory (train.py --workdir ...)"
+    )
   with open(path) as f:
     return defaults.from_saved(json.load(f))
 
 
-def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_or_write_config(
+    workdir: str, config: ml_collections.ConfigDict
+) -> None:
   """Writes config.json, refusing to mix a workdir's checkpoints with a
   different model."""
   path = os.path.join(workdir, CONFIG_FILE)
@@ -82,9 +90,12 @@ def check_or_write_config(workdir: str, config: ml_collections.ConfigDict) -> No
     if diff:
       details = ", ".join(
           f"{k}: saved {_flatten(saved).get(k)!r} vs {_flatten(config.to_dict()).get(k)!r}"
-          for k in diff)
-      raise ValueError(f"{workdir} holds a run of another model config ({details}); "
-                       "use a new --workdir")
+          for k in diff
+      )
+      raise ValueError(
+          f"{workdir} holds a run of another model config ({details}); "
+          "use a new --workdir"
+      )
   with open(path, "w") as f:
     f.write(config.to_json(indent=2))
 
@@ -93,16 +104,20 @@ class Checkpointer:
   """Asynchronous orbax checkpoints of a pytree state, keeping the newest few
   and, with `keep_every_steps`, every step that is a multiple of it."""
 
-  def __init__(self, directory: str, max_to_keep: int = 3,
-               keep_every_steps: int = 0):
+  def __init__(
+      self, directory: str, max_to_keep: int = 3, keep_every_steps: int = 0
+  ):
     self.directory = os.path.abspath(directory)
     # keep_period rather than a preservation_policy: the latter is missing
     # from the older orbax releases pyproject allows.
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, keep_period=keep_every_steps or None,
-            create=True, enable_async_checkpointing=True),
+            max_to_keep=max_to_keep,
+            keep_period=keep_every_steps or None,
+            create=True,
+            enable_async_checkpointing=True,
+        ),
     )
 
   def all_steps(self) -> list[int]:
@@ -119,11 +134,17 @@ class Checkpointer:
     name only some of the saved subtrees (a dict): only those are read."""
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
     if not partial:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    return self._manager.restore(step, args=ocp.args.PyTreeRestore(
-        item=abstract,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True))
+      return self._manager.restore(
+          step, args=ocp.args.StandardRestore(abstract)
+      )
+    return self._manager.restore(
+        step,
+        args=ocp.args.PyTreeRestore(
+            item=abstract,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+            partial_restore=True,
+        ),
+    )
 
   def restore_latest(self, target: Any, partial: bool = False) -> Any | None:
     """The newest complete checkpoint, or None when there is none.
@@ -135,9 +156,14 @@ class Checkpointer:
       try:
         return self.restore(step, target, partial)
       except Exception as e:  # orbax raises many kinds for a damaged step
-        logging.warning("Checkpoint step %d in %s is unreadable (%s: %s); "
-                        "trying an older one", step, self.directory,
-                        type(e).__name__, str(e).splitlines()[0][:200])
+        logging.warning(
+            "Checkpoint step %d in %s is unreadable (%s: %s); "
+            "trying an older one",
+            step,
+            self.directory,
+            type(e).__name__,
+            str(e).splitlines()[0][:200],
+        )
     return None
 
   def close(self) -> None:
@@ -146,8 +172,9 @@ class Checkpointer:
     self._manager.close()
 
 
-def restore_variables(config: ml_collections.ConfigDict, workdir: str,
-                      step: int | None = None) -> tuple[dict[str, Any], int]:
+def restore_variables(
+    config: ml_collections.ConfigDict, workdir: str, step: int | None = None
+) -> tuple[dict[str, Any], int]:
   """{"params", "batch_stats"} of checkpoint `step` (default: the newest
   readable one) of a training workdir, and that step, for inference.
 
@@ -160,8 +187,10 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str,
   saved = load_config(workdir)
   diff = config_mismatch(saved.to_dict(), config)
   if diff:
-    raise ValueError(f"the checkpoint in {workdir} was trained with other "
-                     f"model settings: {', '.join(diff)}")
+    raise ValueError(
+        f"the checkpoint in {workdir} was trained with other "
+        f"model settings: {', '.join(diff)}"
+    )
   ckpt = Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   try:
     steps = ckpt.all_steps()
@@ -170,7 +199,8 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str,
     if step is not None and step not in steps:
       raise ValueError(f"--step {step} not in {ckpt.directory} (has {steps})")
     shapes = setup_model.variable_shapes(
-        config, setup_model.build_model(config.model))
+        config, setup_model.build_model(config.model)
+    )
     # A model without BatchNorm ("gn") has no batch_stats: its train state
     # saved an empty dict, which holds nothing to restore.
     target = {k: shapes[k] for k in ("params", "batch_stats") if shapes.get(k)}
@@ -178,7 +208,8 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str,
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-        target)
+        target,
+    )
     if step is None:
       restored = ckpt.restore_latest(target, partial=True)
       if restored is None:
@@ -187,6 +218,10 @@ def restore_variables(config: ml_collections.ConfigDict, workdir: str,
       restored = ckpt.restore(step, target, partial=True)
   finally:
     ckpt.close()
-  return ({"params": restored["params"],
-           "batch_stats": restored.get("batch_stats", {})},
-          int(restored["step"]))
+  return (
+      {
+          "params": restored["params"],
+          "batch_stats": restored.get("batch_stats", {}),
+      },
+      int(restored["step"]),
+  )

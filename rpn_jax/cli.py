@@ -22,8 +22,10 @@ def enable_compilation_cache() -> None:
   minute of compiling on a small CPU."""
   import jax
   from rpn_jax.data.cache import cache_root
-  jax.config.update("jax_compilation_cache_dir",
-                    os.path.join(cache_root(), "jax"))
+
+  jax.config.update(
+      "jax_compilation_cache_dir", os.path.join(cache_root(), "jax")
+  )
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
@@ -32,6 +34,7 @@ def setup(distributed: bool = False) -> None:
   multi-host job (TPU slice, SLURM or other cluster JAX detects)."""
   if distributed:
     import jax
+
     jax.distributed.initialize()
   enable_compilation_cache()
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -52,14 +55,17 @@ def one_line_errors():
     if os.environ.get("RPN_JAX_TRACEBACK"):
       raise
     message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-    print(f"error: {message.splitlines()[0] if message else type(e).__name__}",
-          file=sys.stderr)
+    print(
+        f"error: {message.splitlines()[0] if message else type(e).__name__}",
+        file=sys.stderr,
+    )
     sys.exit(2)
 
 
 def packaged_config(name: str) -> str:
   """Path of the packaged recipe `rpn_jax/configs/<name>.py`."""
   from rpn_jax import configs
+
   return os.path.join(os.path.dirname(configs.__file__), f"{name}.py")
 
 
@@ -74,8 +80,13 @@ def with_packaged_config_paths(argv: list[str]) -> list[str]:
       value, prefix, i = out[i + 1], "", i + 1
     else:
       continue
-    if (value and os.sep not in value and not value.endswith(".py")
-        and not os.path.exists(value) and os.path.exists(packaged_config(value))):
+    if (
+        value
+        and os.sep not in value
+        and not value.endswith(".py")
+        and not os.path.exists(value)
+        and os.path.exists(packaged_config(value))
+    ):
       out[i] = prefix + packaged_config(value)
   return out
 
@@ -93,8 +104,10 @@ def saved_config(argv: list[str]) -> ml_collections.ConfigDict:
       ckpt = argv[i + 1]
   if ckpt is None:
     from rpn_jax import defaults
+
     return defaults.base_config()
   from rpn_jax import checkpoint as checkpoint_lib
+
   with one_line_errors():
     return checkpoint_lib.load_config(ckpt)
 
@@ -107,8 +120,11 @@ def define_config_flag(define: Callable[..., Any], *args, **kwargs) -> Any:
   except (KeyError, AttributeError) as e:
     quoted = re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", str(e).replace("\\", ""))
     key = quoted[0] if quoted else str(e)
-    flags = [a.split("=")[0] for a in sys.argv[1:]
-             if a.startswith("--config.") and key in a.split("=")[0].split(".")]
+    flags = [
+        a.split("=")[0]
+        for a in sys.argv[1:]
+        if a.startswith("--config.") and key in a.split("=")[0].split(".")
+    ]
     where = flags[0] if flags else "--config"
     print(f"error: {where}: the config has no key {key!r}", file=sys.stderr)
     sys.exit(2)

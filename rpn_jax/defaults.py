@@ -60,7 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
   # 3x3 conv + ReLU layers before the 1x1 outputs, each initialised at std 0.01
   # (torchvision's head): more than one wants AdamW (under SGD they start too small).
   model.head_convs = 1
-  model.objectness_prior = 0.5  # initial objectness probability (0.5: zero bias)
+  model.objectness_prior = (
+      0.5  # initial objectness probability (0.5: zero bias)
+  )
   # P2..P6 on C2..C5 (needs feature C5), one anchor size per level, in order.
   model.fpn = False
   model.fpn_channels = 256
@@ -90,7 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Which anchors get labels: "anchors", every one (the standard); "proposals",
   # only those behind each image's post-NMS proposals (the seed; assigner iou).
   targets.label_on = "anchors"
-  targets.num_samples = 256  # anchors sampled per image; 0 = every labelled anchor
+  targets.num_samples = (
+      256  # anchors sampled per image; 0 = every labelled anchor
+  )
   targets.positive_fraction = 0.5
   targets.box_weights = (1.0, 1.0, 1.0, 1.0)
   targets.box_clamp = SEED_BOX_CLAMP
@@ -186,8 +190,9 @@ def base_config() -> ml_collections.ConfigDict:
   return config
 
 
-def _fill_defaults(saved: dict[str, Any], defaults: dict[str, Any]
-                   ) -> dict[str, Any]:
+def _fill_defaults(
+    saved: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any]:
   """`saved` with each key it lacks (at any depth) taken from `defaults`."""
   out = dict(saved)
   for k, v in defaults.items():

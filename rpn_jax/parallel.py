@@ -23,7 +23,9 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, NamedSharding(mesh, P()))
 
 
-def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+def shard_batch(
+    batch: dict[str, np.ndarray], mesh: Mesh
+) -> dict[str, jax.Array]:
   """This process's share of a global batch -> global arrays split over the
   `data` axis. The global batch size must be a multiple of the device count."""
   n = mesh.devices.size
@@ -34,7 +36,8 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
       raise ValueError(
           f"batch size {value.shape[0] * jax.process_count()} of {name!r} is "
           f"not a multiple of the {n} devices; set train.batch_size / "
-          "eval.batch_size accordingly")
+          "eval.batch_size accordingly"
+      )
     out[name] = jax.make_array_from_process_local_data(sharding, value)
   return out
 
@@ -44,6 +47,7 @@ def gather(tree: Any) -> Any:
   if jax.process_count() == 1:
     return jax.device_get(tree)
   from jax.experimental import multihost_utils
+
   return multihost_utils.process_allgather(tree, tiled=True)
 
 

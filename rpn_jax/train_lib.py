@@ -45,6 +45,7 @@ _clock = time.monotonic
 
 class TrainState(flax.struct.PyTreeNode):
   """Everything a resumed run needs; `step` counts applied and skipped steps."""
+
   step: jax.Array
   params: Any
   batch_stats: Any
@@ -60,9 +61,12 @@ class NonFiniteError(RuntimeError):
   """Raised after `train.max_nonfinite_steps` consecutive non-finite steps."""
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: Any,
-                       tx: optax.GradientTransformation,
-                       variables: dict[str, Any]) -> TrainState:
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    variables: dict[str, Any],
+) -> TrainState:
   params = variables["params"]
   return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -72,17 +76,24 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
   )
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   variables: dict[str, Any]) -> optax.GradientTransformation:
+def make_optimizer(
+    config: ml_collections.ConfigDict, variables: dict[str, Any]
+) -> optax.GradientTransformation:
   return optimizer_lib.make_optimizer(
-      config.train, variables["params"], tuple(config.model.freeze),
-      batch_stats=variables.get("batch_stats"))
+      config.train,
+      variables["params"],
+      tuple(config.model.freeze),
+      batch_stats=variables.get("batch_stats"),
+  )
 
 
-def batch_targets(config: ml_collections.ConfigDict, anchors: jax.Array,
-                  batch: Batch, key: jax.Array,
-                  outputs: dict[str, jax.Array] | None = None
-                  ) -> dict[str, jax.Array]:
+def batch_targets(
+    config: ml_collections.ConfigDict,
+    anchors: jax.Array,
+    batch: Batch,
+    key: jax.Array,
+    outputs: dict[str, jax.Array] | None = None,
+) -> dict[str, jax.Array]:
   """Anchor labels, sampled masks and regression targets for a batch.
 
   targets.label_on="anchors" labels every anchor (`targets.rpn_targets`);
@@ -97,41 +108,70 @@ def batch_targets(config: ml_collections.ConfigDict, anchors: jax.Array,
   """
   t = config.targets
   if t.label_on not in targets_lib.LABEL_ON:
-    raise ValueError(f"targets.label_on must be one of {targets_lib.LABEL_ON}, "
-                     f"got {t.label_on!r}")
+    raise ValueError(
+        f"targets.label_on must be one of {targets_lib.LABEL_ON}, "
+        f"got {t.label_on!r}"
+    )
   keys = jax.random.split(key, batch["boxes"].shape[0])
   if t.label_on == "proposals":
     if t.assigner != "iou":
-      raise ValueError("targets.label_on='proposals' matches by IoU: it needs "
-                       f"targets.assigner='iou', got {t.assigner!r}")
+      raise ValueError(
+          "targets.label_on='proposals' matches by IoU: it needs "
+          f"targets.assigner='iou', got {t.assigner!r}"
+      )
     if outputs is None:
-      raise ValueError("targets.label_on='proposals' needs the model outputs: "
-                       "batch_targets(..., outputs=...)")
+      raise ValueError(
+          "targets.label_on='proposals' needs the model outputs: "
+          "batch_targets(..., outputs=...)"
+      )
     # Labels only: no gradient flows through the proposal selection.
     logits = jax.lax.stop_gradient(outputs["objectness"]).astype(jnp.float32)
     deltas = jax.lax.stop_gradient(outputs["deltas"]).astype(jnp.float32)
     boxes, _, valid, anchor_index = proposals_lib.propose_batch_indexed(
-        anchors, logits, deltas, batch["image_hw"],
-        **setup_model.proposal_settings(config))
+        anchors,
+        logits,
+        deltas,
+        batch["image_hw"],
+        **setup_model.proposal_settings(config),
+    )
     per_image = functools.partial(
         targets_lib.proposal_targets,
-        high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
-        num_samples=t.num_samples, positive_fraction=t.positive_fraction,
-        weights=tuple(t.box_weights), clamp=tuple(t.box_clamp))
+        high=t.high_threshold,
+        low=t.low_threshold,
+        crowd_ioa=t.crowd_ioa,
+        num_samples=t.num_samples,
+        positive_fraction=t.positive_fraction,
+        weights=tuple(t.box_weights),
+        clamp=tuple(t.box_clamp),
+    )
     out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0, 0, 0, 0))(
-        keys, anchors, boxes, anchor_index, valid, batch["boxes"],
-        batch["box_valid"], batch["box_crowd"])
+        keys,
+        anchors,
+        boxes,
+        anchor_index,
+        valid,
+        batch["boxes"],
+        batch["box_valid"],
+        batch["box_crowd"],
+    )
   else:
     per_image = functools.partial(
         targets_lib.rpn_targets,
-        high=t.high_threshold, low=t.low_threshold, crowd_ioa=t.crowd_ioa,
-        num_samples=t.num_samples, positive_fraction=t.positive_fraction,
-        weights=tuple(t.box_weights), clamp=tuple(t.box_clamp),
-        assigner=t.assigner, level_sizes=setup_model.anchors_per_level(config),
+        high=t.high_threshold,
+        low=t.low_threshold,
+        crowd_ioa=t.crowd_ioa,
+        num_samples=t.num_samples,
+        positive_fraction=t.positive_fraction,
+        weights=tuple(t.box_weights),
+        clamp=tuple(t.box_clamp),
+        assigner=t.assigner,
+        level_sizes=setup_model.anchors_per_level(config),
         atss_top_k=t.atss_top_k,
-        anchors_per_cell=setup_model.anchors_per_cell(config.model))
+        anchors_per_cell=setup_model.anchors_per_cell(config.model),
+    )
     out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0))(
-        keys, anchors, batch["boxes"], batch["box_valid"], batch["box_crowd"])
+        keys, anchors, batch["boxes"], batch["box_valid"], batch["box_crowd"]
+    )
   image_valid = batch["image_valid"][:, None]
   out["pos_mask"] = out["pos_mask"] & image_valid
   out["neg_mask"] = out["neg_mask"] & image_valid
@@ -143,8 +183,9 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def make_loss_fn(config: ml_collections.ConfigDict, model: Any,
-                 anchors: np.ndarray) -> Callable[..., Any]:
+def make_loss_fn(
+    config: ml_collections.ConfigDict, model: Any, anchors: np.ndarray
+) -> Callable[..., Any]:
   """The pure loss `(params, batch_stats, batch, key) -> (total, (stats, aux))`.
 
   `batch` holds uint8 images [B, S, S, 3] and padded xyxy canvas boxes;
@@ -157,49 +198,70 @@ def make_loss_fn(config: ml_collections.ConfigDict, model: Any,
   anchors = jnp.asarray(anchors)
   mean, std = transforms.pixel_norm_stats(config.data)
   if config.targets.normalizer not in NORMALIZERS:
-    raise ValueError(f"targets.normalizer must be one of {NORMALIZERS}, "
-                     f"got {config.targets.normalizer!r}")
+    raise ValueError(
+        f"targets.normalizer must be one of {NORMALIZERS}, "
+        f"got {config.targets.normalizer!r}"
+    )
   by_positives = config.targets.normalizer == "positives"
   if not by_positives and config.targets.num_samples <= 0:
-    raise ValueError("targets.num_samples=0 (every anchor) needs "
-                     "targets.normalizer='positives'")
+    raise ValueError(
+        "targets.num_samples=0 (every anchor) needs "
+        "targets.normalizer='positives'"
+    )
   normalizer = float(config.train.batch_size * config.targets.num_samples)
   train_bn = config.model.norm == "bn"
-  box_coder = dict(weights=tuple(config.targets.box_weights),
-                   clamp=tuple(config.targets.box_clamp))
+  box_coder = dict(
+      weights=tuple(config.targets.box_weights),
+      clamp=tuple(config.targets.box_clamp),
+  )
 
   def loss_fn(params, batch_stats, batch, key):
     images = transforms.normalize_images(batch["image"], mean, std)
     variables = {"params": params, "batch_stats": batch_stats}
     if train_bn:
-      outputs, updates = model.apply(variables, images, train=True,
-                                     mutable=["batch_stats"])
+      outputs, updates = model.apply(
+          variables, images, train=True, mutable=["batch_stats"]
+      )
       new_stats = updates["batch_stats"]
     else:
       outputs = model.apply(variables, images, train=True)
       new_stats = batch_stats
     tgt = batch_targets(config, anchors, batch, key, outputs)
-    norm = (jnp.maximum(jnp.sum(tgt["pos_mask"], dtype=jnp.float32), 1.0)
-            if by_positives else normalizer)
+    norm = (
+        jnp.maximum(jnp.sum(tgt["pos_mask"], dtype=jnp.float32), 1.0)
+        if by_positives
+        else normalizer
+    )
     losses = losses_lib.rpn_losses(
-        outputs["objectness"], outputs["deltas"], tgt["target_deltas"],
-        tgt["pos_mask"], tgt["neg_mask"], normalizer=norm,
+        outputs["objectness"],
+        outputs["deltas"],
+        tgt["target_deltas"],
+        tgt["pos_mask"],
+        tgt["neg_mask"],
+        normalizer=norm,
         beta=config.targets.smooth_l1_beta,
         box_weight=config.targets.box_loss_weight,
-        box_loss=config.targets.box_loss, anchors=anchors,
-        box_coder=box_coder, objectness_loss=config.targets.objectness_loss,
+        box_loss=config.targets.box_loss,
+        anchors=anchors,
+        box_coder=box_coder,
+        objectness_loss=config.targets.objectness_loss,
         focal_alpha=config.targets.focal_alpha,
-        focal_gamma=config.targets.focal_gamma)
-    aux = dict(losses, num_pos=tgt["pos_mask"].sum(),
-               num_neg=tgt["neg_mask"].sum())
+        focal_gamma=config.targets.focal_gamma,
+    )
+    aux = dict(
+        losses, num_pos=tgt["pos_mask"].sum(), num_neg=tgt["neg_mask"].sum()
+    )
     return losses["total"], (new_stats, aux)
 
   return loss_fn
 
 
-def make_train_step(config: ml_collections.ConfigDict, model: Any,
-                    tx: optax.GradientTransformation,
-                    anchors: np.ndarray) -> Callable[[TrainState, Batch], Any]:
+def make_train_step(
+    config: ml_collections.ConfigDict,
+    model: Any,
+    tx: optax.GradientTransformation,
+    anchors: np.ndarray,
+) -> Callable[[TrainState, Batch], Any]:
   """The pure train step `(state, batch) -> (state, metrics)` (not yet jitted).
 
   The sampling key of step `n` is `fold_in(key(config.seed), n)`. A step
@@ -212,7 +274,8 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
   def train_step(state: TrainState, batch: Batch):
     key = jax.random.fold_in(base_key, state.step)
     grads, (new_stats, aux) = jax.grad(loss_fn, has_aux=True)(
-        state.params, state.batch_stats, batch, key)
+        state.params, state.batch_stats, batch, key
+    )
     updates, new_opt = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
     finite = _all_finite(aux["total"]) & _all_finite(grads)
@@ -223,8 +286,9 @@ def make_train_step(config: ml_collections.ConfigDict, model: Any,
         batch_stats=jax.tree_util.tree_map(keep, new_stats, state.batch_stats),
         opt_state=jax.tree_util.tree_map(keep, new_opt, state.opt_state),
     )
-    metrics = dict(aux, finite=finite.astype(jnp.int32),
-                   grad_norm=optax.tree.norm(grads))
+    metrics = dict(
+        aux, finite=finite.astype(jnp.int32), grad_norm=optax.tree.norm(grads)
+    )
     return new_state, metrics
 
   return train_step
@@ -273,7 +337,8 @@ class _Validator:
     props = eval_lib.predict_proposals(
         self._config,
         {"params": state.params, "batch_stats": state.batch_stats},
-        self.dataset)
+        self.dataset,
+    )
     if jax.process_index() != 0:
       return None
     if self._ground_truth is None:
@@ -283,14 +348,16 @@ class _Validator:
     # repeat every few epochs.
     limits = [n for n in (100, 300, 1000) if n <= props.boxes.shape[1]]
     scores = eval_lib.score_proposals(
-        self._config, props, coco, category_id,
-        recall_limits=tuple(limits[-1:]))
-    return dict({k: scores.metrics[k] for k in ("AP", "AP50", "AR100")},
-                **scores.recall)
+        self._config, props, coco, category_id, recall_limits=tuple(limits[-1:])
+    )
+    return dict(
+        {k: scores.metrics[k] for k in ("AP", "AP50", "AR100")}, **scores.recall
+    )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str
+) -> TrainState:
   """Trains `config` in `workdir`, resuming from its latest checkpoint.
 
   Writes `config.json`, `checkpoints/` (orbax), `metrics.jsonl` and
@@ -302,17 +369,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   checkpoint_lib.check_or_write_config(workdir, config)
   dataset = open_dataset(config.data, config.data.train_split)
   loader = loader_lib.BatchLoader(
-      dataset, batch_size=config.train.batch_size,
-      image_size=config.data.image_size, max_boxes=config.data.max_boxes,
-      shuffle=True, seed=config.seed, hflip=config.data.hflip,
+      dataset,
+      batch_size=config.train.batch_size,
+      image_size=config.data.image_size,
+      max_boxes=config.data.max_boxes,
+      shuffle=True,
+      seed=config.seed,
+      hflip=config.data.hflip,
       scale_jitter=tuple(config.data.scale_jitter),
-      drop_last=True, num_workers=config.data.num_workers,
-      process_index=jax.process_index(), process_count=jax.process_count())
+      drop_last=True,
+      num_workers=config.data.num_workers,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+  )
   steps_per_epoch = loader.steps_per_epoch
   if steps_per_epoch == 0:
     raise ValueError(
         f"train.batch_size={config.train.batch_size} is larger than the "
-        f"{len(dataset)} training images")
+        f"{len(dataset)} training images"
+    )
   total_steps = schedules.total_steps(config.train, steps_per_epoch)
   # Warmup, decay and cadences in steps from here on; config.json keeps what
   # the recipe wrote (epochs or fractions of the run).
@@ -321,8 +396,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   model = setup_model.build_model(config.model)
   anchors = setup_model.model_anchors(config)
-  variables = setup_model.init_variables(config, model,
-                                         jax.random.key(config.seed))
+  variables = setup_model.init_variables(
+      config, model, jax.random.key(config.seed)
+  )
   tx = make_optimizer(config, variables)
   # The schedule `tx` follows, evaluated on the host for the logs.
   schedule = optimizer_lib.make_schedule(config.train)
@@ -337,30 +413,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"),
       max_to_keep=config.train.keep_checkpoints,
-      keep_every_steps=config.train.keep_every_epochs * steps_per_epoch)
+      keep_every_steps=config.train.keep_every_epochs * steps_per_epoch,
+  )
   restored = ckpt.restore_latest(state)
   if restored is not None:
     state = restored
     logging.info("Resumed from step %d in %s", int(state.step), ckpt.directory)
   state = parallel.replicate(state, mesh)
   step_fn = parallel.jit_data_parallel(
-      make_train_step(config, model, tx, anchors), mesh)
+      make_train_step(config, model, tx, anchors), mesh
+  )
 
   start = int(state.step)
-  print(f"Training {config.model.backbone} RPN on {len(dataset)} images "
-        f"({config.data.source}), {steps_per_epoch} steps/epoch, "
-        f"steps {start}..{total_steps}, {jax.device_count()} device(s): "
-        f"{jax.devices()[0].device_kind}", flush=True)
+  print(
+      f"Training {config.model.backbone} RPN on {len(dataset)} images "
+      f"({config.data.source}), {steps_per_epoch} steps/epoch, "
+      f"steps {start}..{total_steps}, {jax.device_count()} device(s): "
+      f"{jax.devices()[0].device_kind}",
+      flush=True,
+  )
   print(schedules.describe(config.train, steps_per_epoch), flush=True)
   lead = jax.process_index() == 0  # only process 0 logs
   writer = metric_writer.MetricWriter(workdir, enabled=lead, resume_step=start)
   eval_every = config.train.eval_every_epochs
   if eval_every < 0:
-    raise ValueError("train.eval_every_epochs must be >= 0 (0: off), got "
-                     f"{eval_every}")
+    raise ValueError(
+        "train.eval_every_epochs must be >= 0 (0: off), got " f"{eval_every}"
+    )
   validate = _Validator(config) if eval_every else None
-  progress = tqdm(total=total_steps, initial=start, unit="step",
-                  dynamic_ncols=True, mininterval=1.0, disable=not lead)
+  progress = tqdm(
+      total=total_steps,
+      initial=start,
+      unit="step",
+      dynamic_ncols=True,
+      mininterval=1.0,
+      disable=not lead,
+  )
   nonfinite_streak = 0
   pending = None  # (step, image_ids, metrics, images) of the step in flight
   window_start, window_images = time.perf_counter(), 0
@@ -374,23 +462,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       nonfinite_streak = 0
     else:
       nonfinite_streak += 1
-      logging.warning("Step %d: non-finite loss or gradient, step skipped; "
-                      "image ids %s", step, image_ids)
+      logging.warning(
+          "Step %d: non-finite loss or gradient, step skipped; " "image ids %s",
+          step,
+          image_ids,
+      )
       if nonfinite_streak >= config.train.max_nonfinite_steps:
         raise NonFiniteError(
             f"{nonfinite_streak} consecutive non-finite steps (last {step}); "
-            f"stopping, the last good checkpoint is in {ckpt.directory}")
+            f"stopping, the last good checkpoint is in {ckpt.directory}"
+        )
     log_every = config.train.log_every_steps or steps_per_epoch
     if step % log_every == 0 or step == total_steps:
       elapsed = time.perf_counter() - window_start
       rate = window_images / max(elapsed, 1e-9)
       window_start, window_images = time.perf_counter(), 0
-      progress.set_postfix(loss=f"{m['total']:.4f}", obj=f"{m['objectness']:.4f}",
-                           box=f"{m['box']:.4f}", img_s=f"{rate:.1f}")
+      progress.set_postfix(
+          loss=f"{m['total']:.4f}",
+          obj=f"{m['objectness']:.4f}",
+          box=f"{m['box']:.4f}",
+          img_s=f"{rate:.1f}",
+      )
       # Step `step` applied the update of optimizer count step - 1.
-      writer.write(step, dict(m, images_per_sec=rate,
-                              learning_rate=float(schedule(step - 1)),
-                              epoch=(step - 1) // steps_per_epoch))
+      writer.write(
+          step,
+          dict(
+              m,
+              images_per_sec=rate,
+              learning_rate=float(schedule(step - 1)),
+              epoch=(step - 1) // steps_per_epoch,
+          ),
+      )
 
   def run_validation(step: int) -> None:
     nonlocal window_start
@@ -405,9 +507,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     progress.write(
         f"Validation at step {step} (epoch {epochs:g}), "
         f"{len(validate.dataset)} {config.data.val_split} images: "
-        + ", ".join(f"{k} {coco_eval.format_metric(v)}"
-                    for k, v in val.items())
-        + f" ({time.perf_counter() - t0:.1f} s)")
+        + ", ".join(f"{k} {coco_eval.format_metric(v)}" for k, v in val.items())
+        + f" ({time.perf_counter() - t0:.1f} s)"
+    )
 
   save_seconds = 60 * config.train.checkpoint_every_minutes
   last_save = _clock()
@@ -424,14 +526,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         progress.update(1)
         end_of_epoch = start % steps_per_epoch == 0
         every = config.train.checkpoint_every_steps
-        if ((every and start % every == 0) or end_of_epoch
+        if (
+            (every and start % every == 0)
+            or end_of_epoch
             or start == total_steps
-            or (save_seconds and _clock() - last_save >= save_seconds)):
+            or (save_seconds and _clock() - last_save >= save_seconds)
+        ):
           ckpt.save(start, state)
           last_save = _clock()
-        if validate and not stop.signal_name and (
-            start == total_steps or
-            (end_of_epoch and (start // steps_per_epoch) % eval_every == 0)):
+        if (
+            validate
+            and not stop.signal_name
+            and (
+                start == total_steps
+                or (
+                    end_of_epoch
+                    and (start // steps_per_epoch) % eval_every == 0
+                )
+            )
+        ):
           settle(pending)  # the step's training record before validation's
           pending = None
           run_validation(start)
@@ -442,16 +555,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       settle(pending)
     if stop.signal_name:
       ckpt.save(start, state, force=True)
-      logging.warning("%s received: saved step %d, rerun to resume",
-                      stop.signal_name, start)
+      logging.warning(
+          "%s received: saved step %d, rerun to resume", stop.signal_name, start
+      )
   ckpt.close()
   writer.close()
   progress.close()
   summary = {k: v for k, v in loader.stats.items() if v}
   if summary:
     print(f"Data issues during training: {summary}")
-  print(f"Wrote checkpoints to {ckpt.directory}, metrics to "
-        f"{writer.jsonl_path}, TensorBoard events to {writer.tensorboard_dir}, "
-        f"config to {os.path.join(workdir, 'config.json')}", flush=True)
+  print(
+      f"Wrote checkpoints to {ckpt.directory}, metrics to "
+      f"{writer.jsonl_path}, TensorBoard events to {writer.tensorboard_dir}, "
+      f"config to {os.path.join(workdir, 'config.json')}",
+      flush=True,
+  )
   return state
-

@@ -29,8 +29,10 @@ def unflip(boxes: jax.Array, canvas_w: float, image_hw: jax.Array) -> jax.Array:
   x1 = canvas_w - boxes[..., 2]
   x2 = canvas_w - boxes[..., 0]
   w = image_hw[:, 1, None].astype(boxes.dtype)
-  return jnp.stack([jnp.minimum(x1, w), boxes[..., 1], jnp.minimum(x2, w),
-                    boxes[..., 3]], axis=-1)
+  return jnp.stack(
+      [jnp.minimum(x1, w), boxes[..., 1], jnp.minimum(x2, w), boxes[..., 3]],
+      axis=-1,
+  )
 
 
 def box_sizes(boxes: jax.Array) -> jax.Array:
@@ -38,9 +40,13 @@ def box_sizes(boxes: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.maximum(boxes_lib.box_area(boxes), 0.0))
 
 
-def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
-                match_iou: float, max_sizes: jax.Array | None = None
-                ) -> tuple[jax.Array, jax.Array]:
+def fuse_passes(
+    boxes: jax.Array,
+    scores: jax.Array,
+    valid: jax.Array,
+    match_iou: float,
+    max_sizes: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """One image's proposals of P passes, boxes [P, K, 4] xyxy, scores [P, K],
   valid [P, K] -> fused boxes [P, K, 4] and scores [P, K] (module docstring);
   invalid entries are 0. With P = 1 the proposals are returned as they are.
@@ -56,8 +62,9 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
   flat_valid = valid.reshape(num_passes * k)
   out_boxes, out_scores = [], []
   for p in range(num_passes):
-    iou = jnp.where(flat_valid[None], boxes_lib.box_iou(boxes[p], flat_boxes),
-                    0.0).reshape(k, num_passes, k)
+    iou = jnp.where(
+        flat_valid[None], boxes_lib.box_iou(boxes[p], flat_boxes), 0.0
+    ).reshape(k, num_passes, k)
     match = jnp.argmax(iou, axis=2)  # [K, P]
     best = jnp.take_along_axis(iou, match[..., None], axis=2)[..., 0]
     votes = (box_sizes(boxes[p])[:, None] < max_sizes[None]).at[:, p].set(True)
@@ -65,8 +72,10 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
     weight = jnp.where(others, scores[jnp.arange(num_passes)[None], match], 0.0)
     partners = boxes[jnp.arange(num_passes)[None], match]  # [K, P, 4]
     total = scores[p] + weight.sum(1)
-    fused = (scores[p][:, None] * boxes[p] + jnp.einsum(
-        "kp,kpc->kc", weight, partners)) / jnp.maximum(total, 1e-12)[:, None]
+    fused = (
+        scores[p][:, None] * boxes[p]
+        + jnp.einsum("kp,kpc->kc", weight, partners)
+    ) / jnp.maximum(total, 1e-12)[:, None]
     fused = jnp.where(others.any(1)[:, None], fused, boxes[p])
     out_boxes.append(jnp.where(valid[p][:, None], fused, 0.0))
     out_scores.append(jnp.where(valid[p], total / votes.sum(1), 0.0))
@@ -76,9 +85,11 @@ def fuse_passes(boxes: jax.Array, scores: jax.Array, valid: jax.Array,
 def _proposer(config: ml_collections.ConfigDict, canvas: int) -> Callable:
   """propose_batch with the anchors of a `canvas`-pixel square canvas."""
   scaled = setup_model.on_canvas(config, canvas)
-  return functools.partial(proposals_lib.propose_batch,
-                           jnp.asarray(setup_model.model_anchors(scaled)),
-                           **setup_model.proposal_settings(scaled))
+  return functools.partial(
+      proposals_lib.propose_batch,
+      jnp.asarray(setup_model.model_anchors(scaled)),
+      **setup_model.proposal_settings(scaled),
+  )
 
 
 def is_augmented(ev: ml_collections.ConfigDict) -> bool:
@@ -90,11 +101,16 @@ def describe(ev: ml_collections.ConfigDict) -> str:
   """The passes of the eval.tta_* settings in words, e.g. 'scales 1/1.5 +
   flips'."""
   scales = tuple(ev.tta_scales)
-  limit = (f" (enlarged below {ev.tta_upscaled_max_size:g} px)"
-           if max(scales) > 1 and math.isfinite(ev.tta_upscaled_max_size)
-           else "")
-  parts = (["scales " + "/".join(f"{x:g}" for x in scales) + limit]
-           if scales != (1.0,) else []) + (["flips"] if ev.hflip_tta else [])
+  limit = (
+      f" (enlarged below {ev.tta_upscaled_max_size:g} px)"
+      if max(scales) > 1 and math.isfinite(ev.tta_upscaled_max_size)
+      else ""
+  )
+  parts = (
+      ["scales " + "/".join(f"{x:g}" for x in scales) + limit]
+      if scales != (1.0,)
+      else []
+  ) + (["flips"] if ev.hflip_tta else [])
   return " + ".join(parts)
 
 
@@ -108,8 +124,10 @@ def check_config(ev: ml_collections.ConfigDict) -> None:
   if not ev.tta_match_iou > 0:  # above 1 nothing matches: scores / P only
     raise ValueError(f"eval.tta_match_iou must be > 0, got {ev.tta_match_iou}")
   if not ev.tta_upscaled_max_size > 0:
-    raise ValueError("eval.tta_upscaled_max_size must be > 0 (inf: no limit), "
-                     f"got {ev.tta_upscaled_max_size}")
+    raise ValueError(
+        "eval.tta_upscaled_max_size must be > 0 (inf: no limit), "
+        f"got {ev.tta_upscaled_max_size}"
+    )
 
 
 def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
@@ -122,36 +140,51 @@ def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
   size = config.data.image_size
   canvases = [int(round(size * s)) for s in ev.tta_scales]
   if min(canvases) < 32:
-    raise ValueError(f"eval.tta_scales {tuple(ev.tta_scales)}: a canvas of "
-                     f"{min(canvases)} px from data.image_size {size}")
+    raise ValueError(
+        f"eval.tta_scales {tuple(ev.tta_scales)}: a canvas of "
+        f"{min(canvases)} px from data.image_size {size}"
+    )
   passes = [(canvas, _proposer(config, canvas)) for canvas in canvases]
   flip = bool(ev.hflip_tta)
   min_size = config.proposals.min_size
   # Each pass's size limit in the pixels of the unscaled canvas.
-  limits = [ev.tta_upscaled_max_size * size / canvas if canvas > size
-            else math.inf for canvas in canvases]
+  limits = [
+      ev.tta_upscaled_max_size * size / canvas if canvas > size else math.inf
+      for canvas in canvases
+  ]
   max_sizes = jnp.asarray(
-      [limit for limit in limits for _ in range(2 if flip else 1)], jnp.float32)
+      [limit for limit in limits for _ in range(2 if flip else 1)], jnp.float32
+  )
 
   def run(variables, images, image_hw):
     n = images.shape[0]
     all_boxes, all_scores, all_valid = [], [], []
     for (canvas, propose), limit in zip(passes, limits):
       factor = canvas / size
-      scaled = images if canvas == size else jax.image.resize(
-          images, (n, canvas, canvas, images.shape[3]), "linear")
+      scaled = (
+          images
+          if canvas == size
+          else jax.image.resize(
+              images, (n, canvas, canvas, images.shape[3]), "linear"
+          )
+      )
       hw = image_hw.astype(jnp.float32) * factor
       if flip:
         scaled = jnp.concatenate([scaled, scaled[:, :, ::-1]])
-        hw = jnp.concatenate([hw, jnp.stack(
-            [hw[:, 0], jnp.full_like(hw[:, 1], canvas)], axis=-1)])
+        hw = jnp.concatenate(
+            [
+                hw,
+                jnp.stack([hw[:, 0], jnp.full_like(hw[:, 1], canvas)], axis=-1),
+            ]
+        )
       out = model.apply(variables, scaled, train=False)
       boxes, scores, valid = propose(out["objectness"], out["deltas"], hw)
       if flip:
         mirrored = unflip(boxes[n:], canvas, hw[:n])
         boxes = jnp.concatenate([boxes[:n], mirrored])
         valid = jnp.concatenate(
-            [valid[:n], valid[n:] & boxes_lib.min_size_mask(mirrored, min_size)])
+            [valid[:n], valid[n:] & boxes_lib.min_size_mask(mirrored, min_size)]
+        )
       boxes = boxes / factor
       valid = valid & (box_sizes(boxes) < limit)
       for part in range(2 if flip else 1):
@@ -163,15 +196,19 @@ def make_tta_propose(config: ml_collections.ConfigDict, model: Any) -> Callable:
     scores = jnp.stack(all_scores, axis=1)
     valid = jnp.stack(all_valid, axis=1)
     boxes, scores = jax.lax.map(
-        lambda x: fuse_passes(*x, match_iou=ev.tta_match_iou,
-                              max_sizes=max_sizes),
-        (boxes, scores, valid))
+        lambda x: fuse_passes(
+            *x, match_iou=ev.tta_match_iou, max_sizes=max_sizes
+        ),
+        (boxes, scores, valid),
+    )
     boxes = boxes.reshape(n, -1, 4)
     scores = scores.reshape(n, -1)
     valid = valid.reshape(n, -1)
     order = jnp.argsort(-jnp.where(valid, scores, -1.0), axis=1)
-    return (jnp.take_along_axis(boxes, order[..., None], axis=1),
-            jnp.take_along_axis(scores, order, axis=1),
-            jnp.take_along_axis(valid, order, axis=1))
+    return (
+        jnp.take_along_axis(boxes, order[..., None], axis=1),
+        jnp.take_along_axis(scores, order, axis=1),
+        jnp.take_along_axis(valid, order, axis=1),
+    )
 
   return run

@@ -25,6 +25,7 @@ def tiny_workdir(tmp_path_factory):
   """A workdir (config.json + checkpoint) of the tiny recipe trained its two
   short epochs, shared by the tests of what comes after training; read-only."""
   from rpn_jax import train_lib
+
   workdir = str(tmp_path_factory.mktemp("tiny_workdir"))
   train_lib.train_and_evaluate(tiny_config(), workdir)
   return workdir

@@ -31,7 +31,8 @@ ANNOTATED_SECTIONS = {
 }
 # ConfigDict's own methods and properties, not keys.
 METHODS = frozenset(
-    name for name in dir(ml_collections.ConfigDict) if not name.startswith("__"))
+    name for name in dir(ml_collections.ConfigDict) if not name.startswith("__")
+)
 
 
 def _chain(node: ast.Attribute) -> tuple[str, list[str]] | None:
@@ -73,9 +74,12 @@ class _Reads(ast.NodeVisitor):
         scope.pop(arg.arg, None)
     # Aliases assigned anywhere in the body (`t = config.targets`).
     for child in ast.walk(node):
-      if (isinstance(child, ast.Assign) and len(child.targets) == 1
+      if (
+          isinstance(child, ast.Assign)
+          and len(child.targets) == 1
           and isinstance(child.targets[0], ast.Name)
-          and isinstance(child.value, ast.Attribute)):
+          and isinstance(child.value, ast.Attribute)
+      ):
         chain = _chain(child.value)
         if chain and chain[0] in scope:
           scope[child.targets[0].id] = scope[chain[0]] + tuple(chain[1])
@@ -88,13 +92,16 @@ class _Reads(ast.NodeVisitor):
   def visit_Attribute(self, node: ast.Attribute) -> None:
     chain = _chain(node)
     if chain and chain[0] in self.scopes[-1]:
-      self.reads.append((node.lineno, self.scopes[-1][chain[0]] + tuple(chain[1])))
+      self.reads.append(
+          (node.lineno, self.scopes[-1][chain[0]] + tuple(chain[1]))
+      )
       return  # the inner attributes are prefixes of this chain
     self.generic_visit(node)
 
 
-def _missing(config: ml_collections.ConfigDict,
-             path: tuple[str, ...]) -> str | None:
+def _missing(
+    config: ml_collections.ConfigDict, path: tuple[str, ...]
+) -> str | None:
   """The first key of `path` absent from `config` (as a dotted prefix), None
   when the path reads existing keys (down to a value, or a method)."""
   node = config
@@ -102,13 +109,14 @@ def _missing(config: ml_collections.ConfigDict,
     if not isinstance(node, ml_collections.ConfigDict) or key in METHODS:
       return None
     if key not in node:
-      return ".".join(path[:i + 1])
+      return ".".join(path[: i + 1])
     node = node[key]
   return None
 
 
-def config_reads(source: str) -> tuple[list[tuple[int, tuple[str, ...]]],
-                                       list[tuple[int, str]]]:
+def config_reads(
+    source: str,
+) -> tuple[list[tuple[int, tuple[str, ...]]], list[tuple[int, str]]]:
   visitor = _Reads()
   visitor.visit(ast.parse(source))
   return visitor.reads, visitor.unknown
@@ -125,17 +133,24 @@ def test_every_config_key_read_in_the_package_is_a_default():
     reads, strays = config_reads(path.read_text())
     name = path.relative_to(PACKAGE.parent)
     count += len(reads)
-    missing += [f"{name}:{line}: {key}" for line, p in reads
-                if (key := _missing(base, p))]
+    missing += [
+        f"{name}:{line}: {key}"
+        for line, p in reads
+        if (key := _missing(base, p))
+    ]
     unknown += [f"{name}:{line}: {arg}" for line, arg in strays]
-  assert not missing, "keys not in defaults.base_config():\n" + "\n".join(missing)
-  assert not unknown, ("ConfigDict parameters of an unknown section (add them "
-                       "to ANNOTATED_SECTIONS):\n" + "\n".join(unknown))
+  assert not missing, "keys not in defaults.base_config():\n" + "\n".join(
+      missing
+  )
+  assert not unknown, (
+      "ConfigDict parameters of an unknown section (add them "
+      "to ANNOTATED_SECTIONS):\n" + "\n".join(unknown)
+  )
   assert count > 200  # the walk sees the package's reads
 
 
 def test_the_walk_finds_a_missing_key_through_each_kind_of_name():
-  source = '''
+  source = """
 def f(config, data_cfg, ev: ml_collections.ConfigDict):
   t = config.targets
   return (config.train.epochs, config.train.no_such_key, data_cfg.synthetic.nope,
@@ -144,12 +159,16 @@ def f(config, data_cfg, ev: ml_collections.ConfigDict):
 
 def g(t):  # a parameter, not f's alias
   return t.anything
-'''
+"""
   reads, unknown = config_reads(source)
   base = defaults.base_config()
   assert [key for _, p in reads if (key := _missing(base, p))] == [
-      "train.no_such_key", "data.synthetic.nope", "targets.nope", "eval.nope",
-      "nope"]
+      "train.no_such_key",
+      "data.synthetic.nope",
+      "targets.nope",
+      "eval.nope",
+      "nope",
+  ]
   assert not unknown
   _, unknown = config_reads("def h(cfg: ml_collections.ConfigDict): pass")
   assert unknown == [(1, "cfg")]

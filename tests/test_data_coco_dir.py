@@ -16,8 +16,9 @@ from rpn_jax.data import CorruptImageError, open_dataset
 from rpn_jax.data.coco_dir import CocoDirDataset
 
 # The 80 category ids of COCO 2017 (1..90 with gaps).
-COCO_IDS = [i for i in range(1, 91)
-            if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+COCO_IDS = [
+    i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+]
 SPLIT = "val2017"
 
 
@@ -27,10 +28,16 @@ def _category(i, person_id):
 
 
 def _image_entry(image_id, h, w):
-  return {"license": 3, "file_name": f"{image_id:012d}.jpg",
-          "coco_url": f"http://images.cocodataset.org/val2017/{image_id}",
-          "height": h, "width": w, "date_captured": "2013-11-14 17:02:52",
-          "flickr_url": "http://farm7.staticflickr.com/x.jpg", "id": image_id}
+  return {
+      "license": 3,
+      "file_name": f"{image_id:012d}.jpg",
+      "coco_url": f"http://images.cocodataset.org/val2017/{image_id}",
+      "height": h,
+      "width": w,
+      "date_captured": "2013-11-14 17:02:52",
+      "flickr_url": "http://farm7.staticflickr.com/x.jpg",
+      "id": image_id,
+  }
 
 
 def _ann(ann_id, image_id, bbox, cat=1, crowd=0):
@@ -39,24 +46,35 @@ def _ann(ann_id, image_id, bbox, cat=1, crowd=0):
     segmentation = {"counts": [0, 4, 6], "size": [10, 10]}
   else:
     segmentation = [[x, y, x + w, y, x + w, y + h, x, y + h]]
-  return {"segmentation": segmentation, "area": float(w * h),
-          "iscrowd": crowd, "image_id": image_id, "bbox": list(bbox),
-          "category_id": cat, "id": ann_id}
+  return {
+      "segmentation": segmentation,
+      "area": float(w * h),
+      "iscrowd": crowd,
+      "image_id": image_id,
+      "bbox": list(bbox),
+      "category_id": cat,
+      "id": ann_id,
+  }
 
 
 def make_coco_dir(root, person_id=1):
   """Images (id: h x w):
-    139: 40x60, two persons (one partly outside, clipped), a dog, a crowd
-         person region, a degenerate person (w 0.5) and one outside the image
-    285: 50x30 grayscale JPEG, one person
-    632: 30x30, no annotations at all
-    724: 30x40, only a non-person object
-    776: 20x20, only a crowd person region
+  139: 40x60, two persons (one partly outside, clipped), a dog, a crowd
+       person region, a degenerate person (w 0.5) and one outside the image
+  285: 50x30 grayscale JPEG, one person
+  632: 30x30, no annotations at all
+  724: 30x40, only a non-person object
+  776: 20x20, only a crowd person region
   """
   os.makedirs(os.path.join(root, "annotations"))
   os.makedirs(os.path.join(root, SPLIT))
-  sizes = {139: (40, 60), 285: (50, 30), 632: (30, 30), 724: (30, 40),
-           776: (20, 20)}
+  sizes = {
+      139: (40, 60),
+      285: (50, 30),
+      632: (30, 30),
+      724: (30, 40),
+      776: (20, 20),
+  }
   rng = np.random.default_rng(0)
   for image_id, (h, w) in sizes.items():
     pixels = rng.integers(0, 256, (h, w, 3), np.uint8)
@@ -67,11 +85,11 @@ def make_coco_dir(root, person_id=1):
   p = person_id
   anns = [
       _ann(11, 139, (5.5, 4.0, 10.0, 20.0), p),
-      _ann(12, 139, (50.0, 30.0, 20.0, 20.0), p),       # clipped to 60 x 40
-      _ann(13, 139, (1.0, 1.0, 8.0, 8.0), 18),          # a dog
-      _ann(14, 139, (20.0, 2.0, 30.0, 10.0), p, 1),     # crowd
-      _ann(15, 139, (3.0, 3.0, 0.5, 9.0), p),           # degenerate: w < 1
-      _ann(16, 139, (70.0, 10.0, 5.0, 5.0), p),         # outside the image
+      _ann(12, 139, (50.0, 30.0, 20.0, 20.0), p),  # clipped to 60 x 40
+      _ann(13, 139, (1.0, 1.0, 8.0, 8.0), 18),  # a dog
+      _ann(14, 139, (20.0, 2.0, 30.0, 10.0), p, 1),  # crowd
+      _ann(15, 139, (3.0, 3.0, 0.5, 9.0), p),  # degenerate: w < 1
+      _ann(16, 139, (70.0, 10.0, 5.0, 5.0), p),  # outside the image
       _ann(21, 285, (2.0, 3.0, 20.0, 40.0), p),
       _ann(31, 724, (0.0, 0.0, 5.0, 5.0), 3),
       _ann(41, 776, (0.0, 0.0, 20.0, 20.0), p, 1),
@@ -83,8 +101,9 @@ def make_coco_dir(root, person_id=1):
       "annotations": anns,
       "categories": [_category(i, p) for i in COCO_IDS],
   }
-  with open(os.path.join(root, "annotations", f"instances_{SPLIT}.json"),
-            "w") as f:
+  with open(
+      os.path.join(root, "annotations", f"instances_{SPLIT}.json"), "w"
+  ) as f:
     json.dump(data, f)
   return root
 
@@ -137,9 +156,15 @@ def test_annotation_file_evaluates_perfect_detections(coco_root):
   ds = CocoDirDataset(coco_root, SPLIT)
   with contextlib.redirect_stdout(io.StringIO()):
     gt = COCO(ds.annotation_file)
-    dets = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"],
-             "score": 1.0}
-            for a in gt.loadAnns(gt.getAnnIds(catIds=[1], iscrowd=False))]
+    dets = [
+        {
+            "image_id": a["image_id"],
+            "category_id": 1,
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
+        for a in gt.loadAnns(gt.getAnnIds(catIds=[1], iscrowd=False))
+    ]
     ev = COCOeval(gt, gt.loadRes(dets), iouType="bbox")
     ev.params.catIds = [1]
     ev.params.imgIds = ds.image_ids
@@ -160,7 +185,14 @@ def test_person_category_other_than_1_is_remapped(tmp_path, monkeypatch):
   assert [c["id"] for c in gt.dataset["categories"]] == [1]
   assert gt.loadCats(1)[0]["name"] == "person"
   assert sorted(a["id"] for a in gt.dataset["annotations"]) == [
-      11, 12, 14, 15, 16, 21, 41]
+      11,
+      12,
+      14,
+      15,
+      16,
+      21,
+      41,
+  ]
   assert sorted(gt.getImgIds()) == [139, 285, 776]
 
 
@@ -170,7 +202,7 @@ def test_corrupt_and_mismatched_images(coco_root):
   with open(path, "rb") as f:
     data = f.read()
   with open(path, "wb") as f:
-    f.write(data[:len(data) // 2])
+    f.write(data[: len(data) // 2])
   with pytest.raises(CorruptImageError, match="000000000139.jpg"):
     ds.load(0)
   Image.new("RGB", (7, 5)).save(path)
@@ -189,13 +221,21 @@ def test_missing_paths_are_named(tmp_path, coco_root):
     CocoDirDataset(coco_root, SPLIT)
 
 
-@pytest.mark.parametrize("content", [
-    "not json at all",
-    json.dumps([1, 2, 3]),
-    json.dumps({"images": [], "annotations": []}),
-    json.dumps({"images": [{"id": 1}], "annotations": [{"id": 1}],
-                "categories": [{"id": 1, "name": "person"}]}),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json at all",
+        json.dumps([1, 2, 3]),
+        json.dumps({"images": [], "annotations": []}),
+        json.dumps(
+            {
+                "images": [{"id": 1}],
+                "annotations": [{"id": 1}],
+                "categories": [{"id": 1, "name": "person"}],
+            }
+        ),
+    ],
+)
 def test_not_coco_json_is_a_value_error_naming_the_file(coco_root, content):
   path = os.path.join(coco_root, "annotations", f"instances_{SPLIT}.json")
   with open(path, "w") as f:
@@ -216,9 +256,16 @@ def test_no_person_category(coco_root):
 
 
 def _data_cfg(**overrides):
-  cfg = ml_collections.ConfigDict({
-      "source": "coco_dir", "coco_dir": "", "train_split": "train2017",
-      "val_split": SPLIT, "person_images_only": True, "tfds_data_dir": ""})
+  cfg = ml_collections.ConfigDict(
+      {
+          "source": "coco_dir",
+          "coco_dir": "",
+          "train_split": "train2017",
+          "val_split": SPLIT,
+          "person_images_only": True,
+          "tfds_data_dir": "",
+      }
+  )
   cfg.update(overrides)
   return cfg
 
@@ -226,8 +273,9 @@ def _data_cfg(**overrides):
 def test_open_dataset_dispatch_and_errors(coco_root):
   ds = open_dataset(_data_cfg(coco_dir=coco_root), SPLIT)
   assert isinstance(ds, CocoDirDataset) and len(ds) == 3
-  ds = open_dataset(_data_cfg(coco_dir=coco_root, person_images_only=False),
-                    SPLIT)
+  ds = open_dataset(
+      _data_cfg(coco_dir=coco_root, person_images_only=False), SPLIT
+  )
   assert len(ds) == 5
   with pytest.raises(ValueError, match="data.source"):
     open_dataset(_data_cfg(source="imagenet"), SPLIT)
@@ -244,8 +292,11 @@ def test_missing_split_names_the_found_splits_and_the_key(coco_root):
     open_dataset(cfg, "train")
   assert str(raised.value) == (
       f"no annotations/instances_train.json in {coco_root}; found splits: "
-      f"{SPLIT}; set --config.data.train_split")
+      f"{SPLIT}; set --config.data.train_split"
+  )
   os.makedirs(os.path.join(coco_root, "train2017"))  # images, no annotations
-  with pytest.raises(FileNotFoundError, match=f"found splits: {SPLIT}; set "
-                     "--config.data.val_split"):
+  with pytest.raises(
+      FileNotFoundError,
+      match=f"found splits: {SPLIT}; set " "--config.data.val_split",
+  ):
     open_dataset(cfg, "val")

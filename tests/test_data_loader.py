@@ -10,9 +10,16 @@ from rpn_jax.data import CorruptImageError, ImageRecord, synthetic, transforms
 from rpn_jax.data.coco_dir import CocoDirDataset
 from rpn_jax.data.loader import BatchLoader
 
-SPEC = {"image": np.uint8, "boxes": np.float32, "box_valid": np.bool_,
-        "box_crowd": np.bool_, "image_hw": np.int32, "scale": np.float32,
-        "image_id": np.int64, "image_valid": np.bool_}
+SPEC = {
+    "image": np.uint8,
+    "boxes": np.float32,
+    "box_valid": np.bool_,
+    "box_crowd": np.bool_,
+    "image_hw": np.int32,
+    "scale": np.float32,
+    "image_id": np.int64,
+    "image_valid": np.bool_,
+}
 
 
 class FakeDataset:
@@ -26,13 +33,24 @@ class FakeDataset:
       h, w = int(rng.integers(20, 60)), int(rng.integers(20, 60))
       k = 7 if i == 5 else int(rng.integers(0, 3))
       x1, y1 = rng.uniform(0, w / 2, k), rng.uniform(0, h / 2, k)
-      boxes = np.stack([x1, y1, x1 + rng.uniform(1, w / 2, k),
-                        y1 + rng.uniform(1, h / 2, k)], 1).astype(np.float32)
-      crowd = (np.array([[0, 0, w / 2, h / 2]], np.float32) if i == 3
-               else np.zeros((0, 4), np.float32))
+      boxes = np.stack(
+          [
+              x1,
+              y1,
+              x1 + rng.uniform(1, w / 2, k),
+              y1 + rng.uniform(1, h / 2, k),
+          ],
+          1,
+      ).astype(np.float32)
+      crowd = (
+          np.array([[0, 0, w / 2, h / 2]], np.float32)
+          if i == 3
+          else np.zeros((0, 4), np.float32)
+      )
       image = rng.integers(0, 256, (h, w, 3), np.uint8)
-      self.items.append((image, ImageRecord(1000 + i, h, w, boxes, crowd,
-                                            f"fake{i}.jpg")))
+      self.items.append(
+          (image, ImageRecord(1000 + i, h, w, boxes, crowd, f"fake{i}.jpg"))
+      )
     self.image_ids = [r.image_id for _, r in self.items]
     self.broken = set(broken)
     self.annotation_file = ""
@@ -48,8 +66,16 @@ class FakeDataset:
 
 
 def _loader(ds, **kw):
-  args = dict(batch_size=4, image_size=32, max_boxes=6, shuffle=True, seed=7,
-              hflip=True, drop_last=True, num_workers=2)
+  args = dict(
+      batch_size=4,
+      image_size=32,
+      max_boxes=6,
+      shuffle=True,
+      seed=7,
+      hflip=True,
+      drop_last=True,
+      num_workers=2,
+  )
   args.update(kw)
   return BatchLoader(ds, **args)
 
@@ -83,8 +109,7 @@ def test_batch_format():
 
 def test_entries_are_letterboxed_dataset_items():
   ds = FakeDataset()
-  loader = _loader(ds, shuffle=False, hflip=False, drop_last=False,
-                   max_boxes=8)
+  loader = _loader(ds, shuffle=False, hflip=False, drop_last=False, max_boxes=8)
   batch = next(loader.epoch(0))
   for row in range(4):
     image, record = ds.items[row]
@@ -111,13 +136,19 @@ def test_flipped_entries():
     canvas, boxes, _, _ = transforms.letterbox(flipped, boxes, 32)
     entry = {k: v[index % 4] for k, v in batches[index // 4].items()}
     np.testing.assert_array_equal(entry["image"], canvas)
-    np.testing.assert_allclose(entry["boxes"][:len(boxes)], boxes, rtol=1e-6)
+    np.testing.assert_allclose(entry["boxes"][: len(boxes)], boxes, rtol=1e-6)
 
 
 def test_scale_jittered_entries():
   ds = FakeDataset()
-  loader = _loader(ds, shuffle=False, hflip=False, drop_last=False,
-                   max_boxes=8, scale_jitter=(0.8, 2.0))
+  loader = _loader(
+      ds,
+      shuffle=False,
+      hflip=False,
+      drop_last=False,
+      max_boxes=8,
+      scale_jitter=(0.8, 2.0),
+  )
   jitters = loader.jitters(0)
   assert (jitters[:, 0] >= 0.8).all() and (jitters[:, 0] <= 2.0).all()
   assert (jitters[:, 0] > 1.2).any() and (jitters[:, 0] < 1.0).any()
@@ -125,18 +156,34 @@ def test_scale_jittered_entries():
   for index, (factor, ox, oy) in enumerate(jitters):
     image, record = ds.items[index]
     canvas, boxes, keep, _, hw = transforms.scale_crop(
-        image, np.concatenate([record.boxes, record.crowd_boxes]), 32, factor,
-        (ox, oy))
+        image,
+        np.concatenate([record.boxes, record.crowd_boxes]),
+        32,
+        factor,
+        (ox, oy),
+    )
     entry = {k: v[index % 4] for k, v in batches[index // 4].items()}
     np.testing.assert_array_equal(entry["image"], canvas)
-    n = int(keep[:len(record.boxes)].sum())
+    n = int(keep[: len(record.boxes)].sum())
     assert entry["box_valid"].sum() == n
-    np.testing.assert_allclose(entry["boxes"][:n],
-                               boxes[:len(record.boxes)][keep[:len(record.boxes)]])
+    np.testing.assert_allclose(
+        entry["boxes"][:n],
+        boxes[: len(record.boxes)][keep[: len(record.boxes)]],
+    )
     assert tuple(entry["image_hw"]) == hw
-  _assert_same(batches, list(_loader(ds, shuffle=False, hflip=False,
-                                     drop_last=False, max_boxes=8,
-                                     scale_jitter=(0.8, 2.0)).epoch(0)))
+  _assert_same(
+      batches,
+      list(
+          _loader(
+              ds,
+              shuffle=False,
+              hflip=False,
+              drop_last=False,
+              max_boxes=8,
+              scale_jitter=(0.8, 2.0),
+          ).epoch(0)
+      ),
+  )
   with pytest.raises(ValueError, match="data.scale_jitter"):
     _loader(ds, scale_jitter=(2.0, 1.0))
 
@@ -147,14 +194,17 @@ def test_deterministic_and_independent_of_workers():
   _assert_same(first, list(_loader(ds).epoch(3)))
   _assert_same(first, list(_loader(ds, num_workers=0).epoch(3)))
   other = list(_loader(ds).epoch(4))
-  assert not np.array_equal(np.concatenate([b["image_id"] for b in first]),
-                            np.concatenate([b["image_id"] for b in other]))
+  assert not np.array_equal(
+      np.concatenate([b["image_id"] for b in first]),
+      np.concatenate([b["image_id"] for b in other]),
+  )
 
 
 def test_shuffled_epoch_visits_every_image_once():
   ds = FakeDataset()
-  ids = np.concatenate([b["image_id"] for b in
-                        _loader(ds, drop_last=False).epoch(1)])
+  ids = np.concatenate(
+      [b["image_id"] for b in _loader(ds, drop_last=False).epoch(1)]
+  )
   assert sorted(ids[ids >= 0].tolist()) == ds.image_ids
 
 
@@ -204,16 +254,27 @@ def test_undecodable_image_is_skipped_and_counted(caplog):
 
 def test_truncated_jpeg_in_a_coco_folder(tmp_path, caplog):
   root = synthetic.ensure_synthetic_dataset(
-      str(tmp_path / "d"), num_train=10, num_val=0, seed=2, min_size=48,
-      max_size=64)
+      str(tmp_path / "d"),
+      num_train=10,
+      num_val=0,
+      seed=2,
+      min_size=48,
+      max_size=64,
+  )
   ds = CocoDirDataset(root, "train", person_images_only=False)
   path = os.path.join(root, "train", f"{ds.image_ids[4]:012d}.jpg")
   with open(path, "rb") as f:
     data = f.read()
   with open(path, "wb") as f:
-    f.write(data[:len(data) // 3])
-  loader = _loader(ds, batch_size=4, image_size=64, max_boxes=16,
-                   shuffle=False, drop_last=False)
+    f.write(data[: len(data) // 3])
+  loader = _loader(
+      ds,
+      batch_size=4,
+      image_size=64,
+      max_boxes=16,
+      shuffle=False,
+      drop_last=False,
+  )
   with caplog.at_level(logging.WARNING):
     batches = list(loader.epoch(0))
   assert len(batches) == 3
@@ -236,9 +297,18 @@ def test_process_shares_cover_every_image_once(process_count):
   dataset = FakeDataset(21)
   seen = []
   for index in range(process_count):
-    loader = BatchLoader(dataset, batch_size=8, image_size=16, max_boxes=2,
-                         shuffle=True, seed=3, drop_last=False, num_workers=0,
-                         process_index=index, process_count=process_count)
+    loader = BatchLoader(
+        dataset,
+        batch_size=8,
+        image_size=16,
+        max_boxes=2,
+        shuffle=True,
+        seed=3,
+        drop_last=False,
+        num_workers=0,
+        process_index=index,
+        process_count=process_count,
+    )
     batches = list(loader.epoch(1))
     assert all(b["image"].shape[0] == 8 // process_count for b in batches)
     seen += [i for b in batches for i in b["image_id"].tolist() if i >= 0]

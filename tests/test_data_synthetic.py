@@ -37,18 +37,23 @@ def test_same_seed_same_bytes(tmp_path):
   files_a, files_b = _files(a), _files(b)
   assert len([f for f in files_a if f.endswith(".jpg")]) == 16
   assert files_a == files_b
-  c = synthetic.ensure_synthetic_dataset(str(tmp_path / "c"),
-                                         **dict(SMALL, seed=4))
-  assert _files(c)["annotations/instances_train.json"] != files_a[
-      "annotations/instances_train.json"]
+  c = synthetic.ensure_synthetic_dataset(
+      str(tmp_path / "c"), **dict(SMALL, seed=4)
+  )
+  assert (
+      _files(c)["annotations/instances_train.json"]
+      != files_a["annotations/instances_train.json"]
+  )
 
 
 def test_worker_processes_draw_the_same_images(tmp_path):
   params = dict(num_train=70, num_val=0, seed=1, min_size=32, max_size=48)
-  serial = synthetic.ensure_synthetic_dataset(str(tmp_path / "s"), **params,
-                                              workers=1)
-  parallel = synthetic.ensure_synthetic_dataset(str(tmp_path / "p"), **params,
-                                                workers=2)
+  serial = synthetic.ensure_synthetic_dataset(
+      str(tmp_path / "s"), **params, workers=1
+  )
+  parallel = synthetic.ensure_synthetic_dataset(
+      str(tmp_path / "p"), **params, workers=2
+  )
   assert _files(serial) == _files(parallel)
   assert not [f for f in os.listdir(parallel) if f.startswith("_")]
 
@@ -70,8 +75,9 @@ def test_annotations_are_coco_and_boxes_inside_images(tmp_path):
     coco = _coco(path)
     with open(path) as f:
       raw = json.load(f)
-    assert {"info", "licenses", "images", "annotations",
-            "categories"} <= set(raw)
+    assert {"info", "licenses", "images", "annotations", "categories"} <= set(
+        raw
+    )
     ids = [c["id"] for c in raw["categories"]]
     assert 1 in ids and ids != list(range(1, len(ids) + 1))  # gaps
     assert coco.loadCats(1)[0]["name"] == "person"
@@ -96,15 +102,18 @@ def test_annotations_are_coco_and_boxes_inside_images(tmp_path):
 
 def test_boxes_are_tight_around_visible_pixels():
   for index in range(20):
-    picture, owner, objects = synthetic.render_image(5, "train", index, 64,
-                                                     160)
+    picture, owner, objects = synthetic.render_image(5, "train", index, 64, 160)
     height, width = picture.shape[:2]
     for obj in objects:
       x1, y1, x2, y2 = (int(v) for v in obj["box"])
       assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
       ys, xs = np.nonzero(owner == obj["owner"])
       assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (
-          x1, y1, x2, y2)
+          x1,
+          y1,
+          x2,
+          y2,
+      )
       assert obj["area"] == len(ys)
 
 
@@ -113,24 +122,43 @@ def test_written_annotations_match_the_renderer(tmp_path):
   coco = _coco(os.path.join(root, "annotations", "instances_train.json"))
   for index in range(12):
     picture, _, objects = synthetic.render_image(
-        SMALL["seed"], "train", index, SMALL["min_size"], SMALL["max_size"])
+        SMALL["seed"], "train", index, SMALL["min_size"], SMALL["max_size"]
+    )
     image_id = synthetic.image_id_of("train", index)
     info = coco.imgs[image_id]
     assert (info["height"], info["width"]) == picture.shape[:2]
     anns = coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
-    written = sorted((a["category_id"], a["iscrowd"], tuple(a["bbox"]))
-                     for a in anns)
-    drawn = sorted((o["category_id"], o["iscrowd"],
-                    (o["box"][0], o["box"][1], o["box"][2] - o["box"][0],
-                     o["box"][3] - o["box"][1])) for o in objects)
+    written = sorted(
+        (a["category_id"], a["iscrowd"], tuple(a["bbox"])) for a in anns
+    )
+    drawn = sorted(
+        (
+            o["category_id"],
+            o["iscrowd"],
+            (
+                o["box"][0],
+                o["box"][1],
+                o["box"][2] - o["box"][0],
+                o["box"][3] - o["box"][1],
+            ),
+        )
+        for o in objects
+    )
     assert written == drawn
 
 
 def test_variety_of_the_set():
   """Over 60 images: both orientations, people from tiny to most of the
   image, cut by the border, crowds, other categories, person-free images."""
-  heights, cut, crowd, others, empty, portrait, landscape = ([], 0, 0, 0, 0,
-                                                             0, 0)
+  heights, cut, crowd, others, empty, portrait, landscape = (
+      [],
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+  )
   for index in range(60):
     picture, _, objects = synthetic.render_image(0, "train", index, 192, 320)
     h, w = picture.shape[:2]
@@ -152,16 +180,23 @@ def test_variety_of_the_set():
 
 def test_open_dataset_generates_into_the_cache(tmp_path, monkeypatch):
   monkeypatch.setenv("RPN_JAX_CACHE", str(tmp_path / "cache"))
-  cfg = ml_collections.ConfigDict({
-      "source": "synthetic", "coco_dir": "", "person_images_only": True,
-      "tfds_data_dir": "",
-      "synthetic": dict(num_train=10, num_val=3, seed=0, min_size=48,
-                        max_size=64)})
+  cfg = ml_collections.ConfigDict(
+      {
+          "source": "synthetic",
+          "coco_dir": "",
+          "person_images_only": True,
+          "tfds_data_dir": "",
+          "synthetic": dict(
+              num_train=10, num_val=3, seed=0, min_size=48, max_size=64
+          ),
+      }
+  )
   ds = open_dataset(cfg, "train")
   assert isinstance(ds, CocoDirDataset)
   expected = tmp_path / "cache" / synthetic.dataset_name(10, 3, 0, 48, 64)
   assert ds.annotation_file == str(
-      expected / "annotations" / "instances_train.json")
+      expected / "annotations" / "instances_train.json"
+  )
   assert f"v{synthetic.GENERATOR_VERSION}" in expected.name
   assert 0 < len(ds) <= 10
   image, record = ds.load(0)

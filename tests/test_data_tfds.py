@@ -33,32 +33,55 @@ def _jpeg(h, w, seed):
 
 def _objects(rows):
   """rows: (ann id, area, [ymin, xmin, ymax, xmax], label, is_crowd)."""
-  return {"id": np.array([r[0] for r in rows], np.int64),
-          "area": np.array([r[1] for r in rows], np.int64),
-          "bbox": np.array([r[2] for r in rows], np.float32).reshape(-1, 4),
-          "label": np.array([r[3] for r in rows], np.int64),
-          "is_crowd": np.array([r[4] for r in rows], bool)}
+  return {
+      "id": np.array([r[0] for r in rows], np.int64),
+      "area": np.array([r[1] for r in rows], np.int64),
+      "bbox": np.array([r[2] for r in rows], np.float32).reshape(-1, 4),
+      "label": np.array([r[3] for r in rows], np.int64),
+      "is_crowd": np.array([r[4] for r in rows], bool),
+  }
 
 
 # Label 0 is person (COCO's categories sorted by id); 2 is a car.
 EXAMPLES = [
-    {"image": _jpeg(40, 80, 0), "image/filename": "000000000009.jpg",
-     "image/id": 9, "objects": _objects([
-         (1, 300, [0.25, 0.125, 0.75, 0.5], 0, False),
-         (2, 100, [0.0, 0.5, 0.5, 1.0], 0, True),
-         (3, 50, [0.1, 0.1, 0.2, 0.2], 2, False),
-         (4, 1, [0.5, 0.5, 0.51, 0.505], 0, False)])},    # 0.4 x 0.4 px
-    {"image": _jpeg(30, 20, 1), "image/filename": "000000000025.jpg",
-     "image/id": 25, "objects": _objects([(5, 9, [0, 0, 1, 1], 2, False)])},
-    {"image": _jpeg(20, 30, 2), "image/filename": "000000000042.jpg",
-     "image/id": 42, "objects": _objects([
-         (6, 60, [0.1, 0.2, 0.6, 0.9], 0, False)])},
-    {"image": b"\xff\xd8 no header", "image/filename": "000000000077.jpg",
-     "image/id": 77, "objects": _objects([])},
+    {
+        "image": _jpeg(40, 80, 0),
+        "image/filename": "000000000009.jpg",
+        "image/id": 9,
+        "objects": _objects(
+            [
+                (1, 300, [0.25, 0.125, 0.75, 0.5], 0, False),
+                (2, 100, [0.0, 0.5, 0.5, 1.0], 0, True),
+                (3, 50, [0.1, 0.1, 0.2, 0.2], 2, False),
+                (4, 1, [0.5, 0.5, 0.51, 0.505], 0, False),
+            ]
+        ),
+    },  # 0.4 x 0.4 px
+    {
+        "image": _jpeg(30, 20, 1),
+        "image/filename": "000000000025.jpg",
+        "image/id": 25,
+        "objects": _objects([(5, 9, [0, 0, 1, 1], 2, False)]),
+    },
+    {
+        "image": _jpeg(20, 30, 2),
+        "image/filename": "000000000042.jpg",
+        "image/id": 42,
+        "objects": _objects([(6, 60, [0.1, 0.2, 0.6, 0.9], 0, False)]),
+    },
+    {
+        "image": b"\xff\xd8 no header",
+        "image/filename": "000000000077.jpg",
+        "image/id": 77,
+        "objects": _objects([]),
+    },
     # A readable header, then the data stops: indexed, fails when loaded.
-    {"image": _jpeg(64, 64, 3)[:2000], "image/filename": "000000000088.jpg",
-     "image/id": 88, "objects": _objects([
-         (7, 60, [0.1, 0.2, 0.6, 0.9], 0, False)])},
+    {
+        "image": _jpeg(64, 64, 3)[:2000],
+        "image/filename": "000000000088.jpg",
+        "image/id": 88,
+        "objects": _objects([(7, 60, [0.1, 0.2, 0.6, 0.9], 0, False)]),
+    },
 ]
 
 
@@ -77,7 +100,8 @@ class _Source:
   def __getitem__(self, index):
     self._reads.append(index)
     return self.dataset_info.features.deserialize_example_np(
-        self._records[index], decoders=self._decoders)
+        self._records[index], decoders=self._decoders
+    )
 
 
 @contextlib.contextmanager
@@ -111,8 +135,7 @@ def test_records_boxes_and_ground_truth(cache):
     image, record = ds.load(0)
     assert (record.image_id, record.height, record.width) == (9, 40, 80)
     np.testing.assert_allclose(record.boxes, [[10, 10, 40, 30]], atol=1e-4)
-    np.testing.assert_allclose(record.crowd_boxes, [[40, 0, 80, 20]],
-                               atol=1e-4)
+    np.testing.assert_allclose(record.crowd_boxes, [[40, 0, 80, 20]], atol=1e-4)
     expected = np.asarray(Image.open(io.BytesIO(EXAMPLES[0]["image"])))
     np.testing.assert_array_equal(image, expected)
     _, record = ds.load(1)
@@ -136,8 +159,9 @@ def test_all_images_and_cached_index(cache):
     tfds_coco.TfdsCocoDataset("validation", data_dir="/nowhere")
     scanned = len(reads)
     assert scanned == len(EXAMPLES)
-    ds = tfds_coco.TfdsCocoDataset("validation", data_dir="/nowhere",
-                                   person_images_only=False)
+    ds = tfds_coco.TfdsCocoDataset(
+        "validation", data_dir="/nowhere", person_images_only=False
+    )
     assert len(reads) == scanned  # the index came from the cache
     assert ds.image_ids == [9, 25, 42, 88]
     _, record = ds.load(1)
@@ -156,13 +180,19 @@ def test_corrupt_record_names_the_file(cache):
 
 def test_missing_random_access_copy_is_a_clear_error(cache):
   def no_array_record(builder, split, **kwargs):
-    raise NotImplementedError("Random access data source for file format "
-                              "FileFormat.TFRECORD is not supported.")
+    raise NotImplementedError(
+        "Random access data source for file format "
+        "FileFormat.TFRECORD is not supported."
+    )
 
-  advice = ("tfds.builder('coco/2017', data_dir='/data/tfds',"
-            " file_format='array_record').download_and_prepare()")
+  advice = (
+      "tfds.builder('coco/2017', data_dir='/data/tfds',"
+      " file_format='array_record').download_and_prepare()"
+  )
   with tfds.testing.mock_data(as_data_source_fn=no_array_record):
-    with pytest.raises(FileNotFoundError, match="array_record.*/data/tfds") as err:
+    with pytest.raises(
+        FileNotFoundError, match="array_record.*/data/tfds"
+    ) as err:
       tfds_coco.TfdsCocoDataset("train", data_dir="/data/tfds")
   assert str(err.value).endswith(advice)
   with tfds.testing.mock_data(as_data_source_fn=no_array_record):
@@ -173,9 +203,13 @@ def test_missing_random_access_copy_is_a_clear_error(cache):
 
 def test_gpu_is_hidden_from_tensorflow(monkeypatch):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   calls = []
-  monkeypatch.setattr(tf.config, "set_visible_devices",
-                      lambda devices, kind: calls.append((devices, kind)))
+  monkeypatch.setattr(
+      tf.config,
+      "set_visible_devices",
+      lambda devices, kind: calls.append((devices, kind)),
+  )
   tfds_coco.import_tfds()
   assert calls == [([], "GPU")]
 
@@ -183,10 +217,19 @@ def test_gpu_is_hidden_from_tensorflow(monkeypatch):
 def _write_coco_release(root):
   """The three coco/2017 splits as the official zips unpack, tiny: person
   boxes, an RLE crowd region, a car, an image without annotations."""
-  ids = [i for i in range(1, 91)
-         if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
-  categories = [{"id": i, "name": "person" if i == 1 else f"thing{i}",
-                 "supercategory": "x"} for i in ids]
+  ids = [
+      i
+      for i in range(1, 91)
+      if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)
+  ]
+  categories = [
+      {
+          "id": i,
+          "name": "person" if i == 1 else f"thing{i}",
+          "supercategory": "x",
+      }
+      for i in ids
+  ]
   os.makedirs(os.path.join(root, "annotations"))
   for split, count in (("train2017", 2), ("val2017", 4), ("test2017", 1)):
     os.makedirs(os.path.join(root, split))
@@ -194,23 +237,53 @@ def _write_coco_release(root):
     for i in range(count):
       image_id = 11 * (i + 1) + len(anns)
       h, w = 30 + 10 * i, 50 - 5 * i
-      Image.fromarray(np.random.default_rng(i).integers(
-          0, 256, (h, w, 3), np.uint8)).save(
-              os.path.join(root, split, f"{image_id:012d}.jpg"))
-      images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg",
-                     "height": h, "width": w, "license": 1})
-      boxes = {0: [(1, 0, [2.5, 3.0, 20.0, 15.25]), (1, 1, [0, 0, 10, 8]),
-                   (3, 0, [1, 1, 5, 5])],
-               1: [(3, 0, [4, 4, 9, 9])],
-               2: [(1, 0, [0, 0, w, h]), (1, 0, [7, 9, 3.5, 4])]}.get(i, [])
+      Image.fromarray(
+          np.random.default_rng(i).integers(0, 256, (h, w, 3), np.uint8)
+      ).save(os.path.join(root, split, f"{image_id:012d}.jpg"))
+      images.append(
+          {
+              "id": image_id,
+              "file_name": f"{image_id:012d}.jpg",
+              "height": h,
+              "width": w,
+              "license": 1,
+          }
+      )
+      boxes = {
+          0: [
+              (1, 0, [2.5, 3.0, 20.0, 15.25]),
+              (1, 1, [0, 0, 10, 8]),
+              (3, 0, [1, 1, 5, 5]),
+          ],
+          1: [(3, 0, [4, 4, 9, 9])],
+          2: [(1, 0, [0, 0, w, h]), (1, 0, [7, 9, 3.5, 4])],
+      }.get(i, [])
       for category, crowd, bbox in boxes:
-        segmentation = ({"counts": [0, 5, 3], "size": [h, w]} if crowd
-                        else [[bbox[0], bbox[1], bbox[0] + 1, bbox[1] + 1,
-                               bbox[0], bbox[1] + 2]])
-        anns.append({"id": 100 * image_id + len(anns), "image_id": image_id,
-                     "category_id": category, "iscrowd": crowd,
-                     "bbox": bbox, "area": bbox[2] * bbox[3],
-                     "segmentation": segmentation})
+        segmentation = (
+            {"counts": [0, 5, 3], "size": [h, w]}
+            if crowd
+            else [
+                [
+                    bbox[0],
+                    bbox[1],
+                    bbox[0] + 1,
+                    bbox[1] + 1,
+                    bbox[0],
+                    bbox[1] + 2,
+                ]
+            ]
+        )
+        anns.append(
+            {
+                "id": 100 * image_id + len(anns),
+                "image_id": image_id,
+                "category_id": category,
+                "iscrowd": crowd,
+                "bbox": bbox,
+                "area": bbox[2] * bbox[3],
+                "segmentation": segmentation,
+            }
+        )
     data = {"info": {}, "images": images, "categories": categories}
     name = f"instances_{split}.json"
     if split == "test2017":
@@ -228,15 +301,19 @@ def test_real_array_record_dataset_matches_the_coco_folder(tmp_path, cache):
   release = str(tmp_path / "release")
   _write_coco_release(release)
   data_dir = str(tmp_path / "tfds")
-  with mock.patch.object(tfds.download.DownloadManager,
-                         "download_and_extract",
-                         lambda self, urls: {k: release for k in urls}):
+  with mock.patch.object(
+      tfds.download.DownloadManager,
+      "download_and_extract",
+      lambda self, urls: {k: release for k in urls},
+  ):
     tfds.builder("coco/2017", data_dir=data_dir).download_and_prepare(
-        file_format="array_record")
+        file_format="array_record"
+    )
   folder = CocoDirDataset(release, "val2017", person_images_only=False)
   for person_images_only in (True, False):
-    ds = tfds_coco.TfdsCocoDataset("val2017", data_dir=data_dir,
-                                   person_images_only=person_images_only)
+    ds = tfds_coco.TfdsCocoDataset(
+        "val2017", data_dir=data_dir, person_images_only=person_images_only
+    )
     expected = CocoDirDataset(release, "val2017", person_images_only).image_ids
     assert sorted(ds.image_ids) == expected
     for index, image_id in enumerate(ds.image_ids):
@@ -245,15 +322,16 @@ def test_real_array_record_dataset_matches_the_coco_folder(tmp_path, cache):
       np.testing.assert_array_equal(image, want_image)
       assert (record.height, record.width) == (want.height, want.width)
       np.testing.assert_allclose(record.boxes, want.boxes, atol=1e-3)
-      np.testing.assert_allclose(record.crowd_boxes, want.crowd_boxes,
-                                 atol=1e-3)
+      np.testing.assert_allclose(
+          record.crowd_boxes, want.crowd_boxes, atol=1e-3
+      )
   with contextlib.redirect_stdout(io.StringIO()):
     gt = COCO(ds.annotation_file)
-    truth = COCO(os.path.join(release, "annotations",
-                              "instances_val2017.json"))
+    truth = COCO(os.path.join(release, "annotations", "instances_val2017.json"))
   persons = truth.loadAnns(truth.getAnnIds(catIds=[1]))
   assert sorted(a["id"] for a in gt.dataset["annotations"]) == sorted(
-      a["id"] for a in persons)
+      a["id"] for a in persons
+  )
   for a in persons:
     np.testing.assert_allclose(gt.anns[a["id"]]["bbox"], a["bbox"], atol=0.01)
     assert gt.anns[a["id"]]["iscrowd"] == a["iscrowd"]

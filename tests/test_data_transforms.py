@@ -15,13 +15,16 @@ def _image(h, w, seed=0):
   return np.random.default_rng(seed).integers(0, 256, (h, w, 3), np.uint8)
 
 
-@pytest.mark.parametrize("h, w, size, hw", [
-    (100, 200, 50, (25, 50)),    # landscape, downscale
-    (200, 100, 50, (50, 25)),    # portrait
-    (30, 20, 90, (90, 60)),      # upscale
-    (3, 7, 10, (4, 10)),         # 3 * 10 / 7 = 4.29 rounds to 4
-    (64, 64, 64, (64, 64)),      # no resize
-])
+@pytest.mark.parametrize(
+    "h, w, size, hw",
+    [
+        (100, 200, 50, (25, 50)),  # landscape, downscale
+        (200, 100, 50, (50, 25)),  # portrait
+        (30, 20, 90, (90, 60)),  # upscale
+        (3, 7, 10, (4, 10)),  # 3 * 10 / 7 = 4.29 rounds to 4
+        (64, 64, 64, (64, 64)),  # no resize
+    ],
+)
 def test_letterbox_geometry(h, w, size, hw):
   image = _image(h, w)
   boxes = np.array([[1.0, 2.0, 5.0, 3.0], [0.0, 0.0, w, h]], np.float32)
@@ -29,14 +32,20 @@ def test_letterbox_geometry(h, w, size, hw):
   assert canvas.shape == (size, size, 3) and canvas.dtype == np.uint8
   assert content == hw
   assert scale == pytest.approx(size / max(h, w))
-  np.testing.assert_allclose(out, boxes * np.float32(size / max(h, w)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+      out, boxes * np.float32(size / max(h, w)), rtol=1e-6
+  )
   assert out.dtype == np.float32
   # Content top-left, PIL bilinear; everything else zero.
-  expected = (image if (h, w) == hw else np.asarray(
-      Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR)))
-  np.testing.assert_array_equal(canvas[:hw[0], :hw[1]], expected)
-  assert not canvas[hw[0]:].any() and not canvas[:, hw[1]:].any()
+  expected = (
+      image
+      if (h, w) == hw
+      else np.asarray(
+          Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR)
+      )
+  )
+  np.testing.assert_array_equal(canvas[: hw[0], : hw[1]], expected)
+  assert not canvas[hw[0] :].any() and not canvas[:, hw[1] :].any()
 
 
 def test_letterbox_no_boxes():
@@ -48,13 +57,18 @@ def test_scale_crop_hand_computed():
   # 40 x 80 image, canvas 20, factor 2: resized to 20 x 40 (scale 0.5), the
   # 20 px of x slack at offset 0.5 start the window at x = 10.
   image = _image(40, 80)
-  boxes = np.array([[24, 4, 36, 20],    # -> [2, 2, 8, 10]: inside
-                    [0, 0, 30, 40],     # -> [-10, 0, 5, 20] -> [0, 0, 5, 20]
-                    [0, 0, 22, 10],     # -> [-10, 0, 1, 5] -> 1 px wide
-                    [70, 30, 80, 40]],  # -> [25, 15, 30, 20]: outside
-                   np.float32)
+  boxes = np.array(
+      [
+          [24, 4, 36, 20],  # -> [2, 2, 8, 10]: inside
+          [0, 0, 30, 40],  # -> [-10, 0, 5, 20] -> [0, 0, 5, 20]
+          [0, 0, 22, 10],  # -> [-10, 0, 1, 5] -> 1 px wide
+          [70, 30, 80, 40],
+      ],  # -> [25, 15, 30, 20]: outside
+      np.float32,
+  )
   canvas, out, keep, scale, hw = transforms.scale_crop(
-      image, boxes, 20, 2.0, (0.5, 0.9))
+      image, boxes, 20, 2.0, (0.5, 0.9)
+  )
   resized = np.asarray(Image.fromarray(image).resize((40, 20), Image.BILINEAR))
   np.testing.assert_array_equal(canvas, resized[:, 10:30])
   assert scale == 0.5 and hw == (20, 20)
@@ -66,8 +80,11 @@ def test_scale_crop_below_one_is_a_smaller_letterbox():
   image = _image(30, 60)
   boxes = np.array([[6, 3, 60, 30]], np.float32)
   canvas, out, keep, scale, hw = transforms.scale_crop(
-      image, boxes, 40, 0.5, (0.3, 0.7))
-  small, expected, small_scale, small_hw = transforms.letterbox(image, boxes, 20)
+      image, boxes, 40, 0.5, (0.3, 0.7)
+  )
+  small, expected, small_scale, small_hw = transforms.letterbox(
+      image, boxes, 20
+  )
   assert hw == small_hw == (10, 20) and scale == small_scale
   np.testing.assert_array_equal(canvas[:20, :20], small)
   assert not canvas[10:].any() and not canvas[:, 20:].any()
@@ -131,8 +148,9 @@ def test_normalize_matches_the_seed_recipe():
   images = _image(6, 5)[None]
   bgr_input = images[..., ::-1].astype(np.float32)
   seed = (bgr_input - np.array([103.530, 116.280, 123.675]))[..., ::-1]
-  ours = transforms.normalize_images(images, (123.675, 116.28, 103.53),
-                                     (1.0, 1.0, 1.0))
+  ours = transforms.normalize_images(
+      images, (123.675, 116.28, 103.53), (1.0, 1.0, 1.0)
+  )
   np.testing.assert_allclose(ours, seed, rtol=1e-6, atol=1e-4)
 
 

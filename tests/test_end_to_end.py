@@ -17,15 +17,17 @@ from rpn_jax.data import open_dataset
 
 def _steps_per_epoch(config):
   return len(open_dataset(config.data, config.data.train_split)) // (
-      config.train.batch_size)
+      config.train.batch_size
+  )
 
 
 def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
   untrained = tiny.copy_and_resolve_references()
   untrained.train.max_steps = 1
   train_lib.train_and_evaluate(untrained, str(tmp_path / "untrained"))
-  before = eval_lib.run_evaluation(untrained, str(tmp_path / "untrained"),
-                                   str(tmp_path / "untrained_eval"))
+  before = eval_lib.run_evaluation(
+      untrained, str(tmp_path / "untrained"), str(tmp_path / "untrained_eval")
+  )
 
   tiny.train.epochs = 25
   workdir = str(tmp_path / "trained")
@@ -63,9 +65,13 @@ def test_train_then_evaluate_beats_untrained(tiny, tmp_path):
   # One forward pass, a sweep of thresholds: each row equals its own evaluation.
   other = tiny.copy_and_resolve_references()
   other.eval.score_threshold, other.eval.nms_threshold = 0.3, 0.6
-  separate = eval_lib.run_evaluation(other, workdir, str(tmp_path / "other"),
-                                     sweep_scores=[tiny.eval.score_threshold, 0.3],
-                                     sweep_nms=[0.5, 0.6])
+  separate = eval_lib.run_evaluation(
+      other,
+      workdir,
+      str(tmp_path / "other"),
+      sweep_scores=[tiny.eval.score_threshold, 0.3],
+      sweep_nms=[0.5, 0.6],
+  )
   with open(tmp_path / "other" / "sweep.json") as f:
     rows = {(r["score_threshold"], r["nms_threshold"]): r for r in json.load(f)}
   assert len(rows) == 4
@@ -115,7 +121,8 @@ def test_resume_after_an_epoch_matches_uninterrupted_run(tiny, tmp_path):
   first.train.max_steps = epoch
   train_lib.train_and_evaluate(first, resumed)
   assert checkpoint_lib.Checkpointer(
-      os.path.join(resumed, "checkpoints")).all_steps() == [epoch]
+      os.path.join(resumed, "checkpoints")
+  ).all_steps() == [epoch]
   train_lib.train_and_evaluate(tiny, resumed)
 
   a, step_a = checkpoint_lib.restore_variables(tiny, straight)
@@ -134,13 +141,22 @@ def _ground_truth(rng):
     for j, category_id in enumerate((1, 1, 1, 2)):
       x, y = rng.uniform(0, 250), rng.uniform(0, 150)
       w, h = rng.uniform(10, 150), rng.uniform(10, 150)
-      anns.append({"id": len(anns) + 1, "image_id": image_id,
-                   "category_id": category_id, "bbox": [x, y, w, h],
-                   "area": w * h, "iscrowd": int(image_id == 2 and j == 0)})
+      anns.append(
+          {
+              "id": len(anns) + 1,
+              "image_id": image_id,
+              "category_id": category_id,
+              "bbox": [x, y, w, h],
+              "area": w * h,
+              "iscrowd": int(image_id == 2 and j == 0),
+          }
+      )
   gt = COCO()
-  gt.dataset = {"images": images, "annotations": anns,
-                "categories": [{"id": 1, "name": "person"},
-                               {"id": 2, "name": "car"}]}
+  gt.dataset = {
+      "images": images,
+      "annotations": anns,
+      "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "car"}],
+  }
   gt.createIndex()
   return gt
 
@@ -157,7 +173,7 @@ def test_proposal_recall_equals_plain_cocoeval():
     for j, ann in enumerate(gt.imgToAnns[image_id]):
       x, y, w, h = ann["bbox"]
       jitter = rng.normal(0, 0.15, (40, 4)) * [w, h, w, h]
-      boxes[image_id, 40 * j:40 * (j + 1)] = [x, y, x + w, y + h] + jitter
+      boxes[image_id, 40 * j : 40 * (j + 1)] = [x, y, x + w, y + h] + jitter
   boxes[..., 2:] = np.maximum(boxes[..., 2:], boxes[..., :2] + 1)
   scores = np.round(rng.uniform(0, 1, (6, k)), 2)
   valid = rng.uniform(size=(6, k)) < 0.9
@@ -165,16 +181,32 @@ def test_proposal_recall_equals_plain_cocoeval():
   props = eval_lib.Proposals(np.arange(6), boxes, scores, valid)
   image_ids = list(range(6))
 
-  for limits, padded in (((100, 300, 1000), [100, 300, 1000]),
-                         ((10, 50), [10, 10, 50])):
-    ev = COCOeval(gt, gt.loadRes(coco_eval.to_array(
-        props.image_ids, boxes, scores, valid, 1)), iouType="bbox")
-    ev.params.catIds, ev.params.imgIds, ev.params.maxDets = [1], image_ids, padded
+  for limits, padded in (
+      ((100, 300, 1000), [100, 300, 1000]),
+      ((10, 50), [10, 10, 50]),
+  ):
+    ev = COCOeval(
+        gt,
+        gt.loadRes(
+            coco_eval.to_array(props.image_ids, boxes, scores, valid, 1)
+        ),
+        iouType="bbox",
+    )
+    ev.params.catIds, ev.params.imgIds, ev.params.maxDets = (
+        [1],
+        image_ids,
+        padded,
+    )
     ev.evaluate()
     ev.accumulate()
     ev.summarize()
-    expected = {f"proposal_AR@{n}": ev.stats[6 + i] for i, n in enumerate(padded)}
+    expected = {
+        f"proposal_AR@{n}": ev.stats[6 + i] for i, n in enumerate(padded)
+    }
     recall = coco_eval.proposal_recall(props, gt, image_ids, 1, limits)
     assert recall == expected
-    assert (0 < recall[f"proposal_AR@{limits[0]}"]
-            < recall[f"proposal_AR@{limits[-1]}"])
+    assert (
+        0
+        < recall[f"proposal_AR@{limits[0]}"]
+        < recall[f"proposal_AR@{limits[-1]}"]
+    )

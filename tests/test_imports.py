@@ -37,12 +37,18 @@ print(json.dumps({"imported": names, "failed": failed}))
 
 
 def test_every_module_imports_alone():
-  proc = subprocess.run([sys.executable, "-c", _IMPORT_EACH], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+      [sys.executable, "-c", _IMPORT_EACH],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = json.loads(proc.stdout.strip().splitlines()[-1])
   assert not out["failed"], "\n".join(
-      f"{name}:\n{tb}" for name, tb in out["failed"].items())
+      f"{name}:\n{tb}" for name, tb in out["failed"].items()
+  )
   assert set(out["imported"]) == set(_modules())
 
 
@@ -62,7 +68,9 @@ def _is_type_checking(node: ast.If) -> bool:
   return "TYPE_CHECKING" in ast.unparse(node.test)
 
 
-def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+def _module_level_imports(
+    tree: ast.Module,
+) -> list[ast.Import | ast.ImportFrom]:
   """Import statements that run when the module is imported: at top level,
   in top-level if / try / with blocks and class bodies; not in functions,
   not under `if TYPE_CHECKING:`."""
@@ -72,8 +80,12 @@ def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]
     if isinstance(node, (ast.Import, ast.ImportFrom)):
       found.append(node)
     elif isinstance(node, ast.If):
-      todo += node.orelse if _is_type_checking(node) else node.body + node.orelse
-    elif isinstance(node, (ast.Try, ast.With, ast.ClassDef, ast.For, ast.While)):
+      todo += (
+          node.orelse if _is_type_checking(node) else node.body + node.orelse
+      )
+    elif isinstance(
+        node, (ast.Try, ast.With, ast.ClassDef, ast.For, ast.While)
+    ):
       for field in ("body", "orelse", "finalbody", "handlers"):
         todo += getattr(node, field, [])
     elif isinstance(node, ast.ExceptHandler):
@@ -81,8 +93,11 @@ def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]
   return found
 
 
-def _imported(name: str, node: ast.Import | ast.ImportFrom,
-              modules: dict[str, pathlib.Path]) -> set[str]:
+def _imported(
+    name: str,
+    node: ast.Import | ast.ImportFrom,
+    modules: dict[str, pathlib.Path],
+) -> set[str]:
   """The rpn_jax modules that `node`, in module `name`, runs: each imported
   module, `from P import m` of a submodule m included, and the packages above
   it outside `name`'s own (a package's __init__ runs first; the importer's
@@ -92,7 +107,11 @@ def _imported(name: str, node: ast.Import | ast.ImportFrom,
   else:
     base = node.module or ""
     if node.level:  # relative: from the importer's package
-      package = name if modules[name].name == "__init__.py" else name.rpartition(".")[0]
+      package = (
+          name
+          if modules[name].name == "__init__.py"
+          else name.rpartition(".")[0]
+      )
       for _ in range(node.level - 1):
         package = package.rpartition(".")[0]
       base = f"{package}.{base}" if base else package
@@ -110,9 +129,15 @@ def _imported(name: str, node: ast.Import | ast.ImportFrom,
 
 def import_graph() -> dict[str, set[str]]:
   modules = _modules()
-  return {name: set().union(*(_imported(name, node, modules) for node in
-                              _module_level_imports(ast.parse(path.read_text()))))
-          for name, path in modules.items()}
+  return {
+      name: set().union(
+          *(
+              _imported(name, node, modules)
+              for node in _module_level_imports(ast.parse(path.read_text()))
+          )
+      )
+      for name, path in modules.items()
+  }
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -124,7 +149,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     stack.append(node)
     for nxt in sorted(graph.get(node, ())):
       if state.get(nxt) == "open":
-        return stack[stack.index(nxt):] + [nxt]
+        return stack[stack.index(nxt) :] + [nxt]
       if nxt not in state and (cycle := visit(nxt)):
         return cycle
     state[node] = "done"
@@ -138,12 +163,18 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_module_level_import_graph_has_no_cycle():
-  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+  assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [
+      "a",
+      "b",
+      "c",
+      "a",
+  ]
   assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
   graph = import_graph()
   # The walk sees the package's imports: the module layers of docs/design.md.
   assert {"rpn_jax.checkpoint", "rpn_jax.coco_eval", "rpn_jax.setup_model"} <= (
-      graph["rpn_jax.eval_lib"])
+      graph["rpn_jax.eval_lib"]
+  )
   assert "rpn_jax.data" in graph["rpn_jax.train_lib"]
   assert "rpn_jax.data" not in graph["rpn_jax.data.coco_dir"]
   cycle = find_cycle(graph)
@@ -168,10 +199,17 @@ def test_evaluation_and_restore_import_no_training_code():
   assert not _reachable(graph, "rpn_jax.eval_lib") & training
   assert not _reachable(graph, "rpn_jax.checkpoint") & training
   assert "rpn_jax.eval_lib" in graph["rpn_jax.train_lib"]
-  code = ("import sys; import rpn_jax.eval_lib, rpn_jax.commands.predict; "
-          "print(sorted(m for m in ('optax', 'rpn_jax.train_lib', "
-          "'rpn_jax.optimizer') if m in sys.modules))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT,
-                        capture_output=True, text=True, timeout=300)
+  code = (
+      "import sys; import rpn_jax.eval_lib, rpn_jax.commands.predict; "
+      "print(sorted(m for m in ('optax', 'rpn_jax.train_lib', "
+      "'rpn_jax.optimizer') if m in sys.modules))"
+  )
+  proc = subprocess.run(
+      [sys.executable, "-c", code],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert proc.stdout.strip().splitlines()[-1] == "[]"

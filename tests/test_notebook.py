@@ -39,24 +39,31 @@ def test_notebook_is_nbformat_4() -> None:
   assert cells and all(isinstance(cell, dict) for cell in cells)
   ids = [cell.get("id") for cell in cells]
   if notebook["nbformat_minor"] >= 5:  # ids are required from 4.5 on
-    assert all(isinstance(i, str) and i for i in ids) and len(set(ids)) == len(ids)
+    assert all(isinstance(i, str) and i for i in ids) and len(set(ids)) == len(
+        ids
+    )
   for cell in cells:
     assert cell["cell_type"] in CELL_TYPES
     assert isinstance(cell["metadata"], dict)
     source = cell["source"]
-    assert isinstance(source, str) or all(isinstance(line, str) for line in source)
+    assert isinstance(source, str) or all(
+        isinstance(line, str) for line in source
+    )
     if cell["cell_type"] == "code":
       assert cell["outputs"] == [], "commit the notebook without outputs"
       assert cell["execution_count"] is None
       # Plain Python only: no !shell or %magic lines, so exec() can run it.
-      assert not any(line.lstrip().startswith(("!", "%"))
-                     for line in cell_source(cell).splitlines())
+      assert not any(
+          line.lstrip().startswith(("!", "%"))
+          for line in cell_source(cell).splitlines()
+      )
   kinds = [cell["cell_type"] for cell in cells]
   assert "markdown" in kinds and "code" in kinds
 
 
-def test_notebook_smoke_run(tmp_path: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notebook_smoke_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
   """Every code cell, in order, with RPN_JAX_NOTEBOOK_SMOKE=1 from the repo root."""
   monkeypatch.setenv("RPN_JAX_NOTEBOOK_SMOKE", "1")
   monkeypatch.chdir(ROOT)
@@ -65,8 +72,10 @@ def test_notebook_smoke_run(tmp_path: Path,
   namespace: dict[str, Any] = {"__name__": "__main__"}
   cells = [c for c in load_notebook()["cells"] if c["cell_type"] == "code"]
   for index, cell in enumerate(cells):
-    exec(compile(cell_source(cell), f"<notebook code cell {index}>", "exec"),
-         namespace)
+    exec(
+        compile(cell_source(cell), f"<notebook code cell {index}>", "exec"),
+        namespace,
+    )
 
   eval_dir = Path(namespace["EVAL_DIR"])
   assert tmp_path in eval_dir.parents, "smoke run left the temporary folder"
@@ -82,8 +91,9 @@ def test_notebook_smoke_run(tmp_path: Path,
 
   rows = json.loads((eval_dir / "sweep.json").read_text())
   pairs = [(row["score_threshold"], row["nms_threshold"]) for row in rows]
-  expected = list(itertools.product(namespace["SWEEP_SCORES"],
-                                    namespace["SWEEP_NMS"]))
+  expected = list(
+      itertools.product(namespace["SWEEP_SCORES"], namespace["SWEEP_NMS"])
+  )
   assert len(rows) == len(expected) == 15
   assert sorted(pairs) == sorted(expected)
   assert all(set(coco_eval.METRIC_KEYS) <= set(row) for row in rows)
@@ -94,8 +104,11 @@ def test_notebook_smoke_run(tmp_path: Path,
 
 
 def _cell_containing(text: str) -> str:
-  cells = [cell_source(c) for c in load_notebook()["cells"]
-           if c["cell_type"] == "code"]
+  cells = [
+      cell_source(c)
+      for c in load_notebook()["cells"]
+      if c["cell_type"] == "code"
+  ]
   (match,) = [c for c in cells if text in c]
   return match
 
@@ -107,12 +120,16 @@ def test_notebook_stops_before_cloning_the_placeholder() -> None:
   exec("import os, sys", namespace)  # the parameters cell's imports
   exec(_cell_containing("def sh("), namespace)
   calls = []
-  namespace.update(IN_COLAB=True, SMOKE=False, DATA="coco_dir",
-                   REPO_DIR="/nonexistent/rpn_jax",
-                   REPO_URL="https://github.com/YOUR_NAME/rpn_jax.git",
-                   sh=lambda *args: calls.append(args))
+  namespace.update(
+      IN_COLAB=True,
+      SMOKE=False,
+      DATA="coco_dir",
+      REPO_DIR="/nonexistent/rpn_jax",
+      REPO_URL="https://github.com/YOUR_NAME/rpn_jax.git",
+      sh=lambda *args: calls.append(args),
+  )
   with pytest.raises(SystemExit, match="Edit REPO_URL"):
-    exec(_cell_containing("git\", \"clone\""), namespace)
+    exec(_cell_containing('git", "clone"'), namespace)
   assert calls == []
 
 
@@ -121,12 +138,17 @@ def test_notebook_checks_disk_before_downloading(tmp_path: Path) -> None:
   exec("import os, sys", namespace)  # the parameters cell's imports
   exec(_cell_containing("def sh("), namespace)
   calls = []
-  namespace.update(DATA="coco_dir", COCO_DIR=str(tmp_path),
-                   COCO_URL="http://example.invalid",
-                   sh=lambda *args: calls.append(args))
+  namespace.update(
+      DATA="coco_dir",
+      COCO_DIR=str(tmp_path),
+      COCO_URL="http://example.invalid",
+      sh=lambda *args: calls.append(args),
+  )
   # The disk check of a download that needs 10^6 GB fails before any curl.
   source = _cell_containing("def require_free(")
-  source = source.replace('"zips/train2017.zip", 40)', '"zips/train2017.zip", 10**6)')
+  source = source.replace(
+      '"zips/train2017.zip", 40)', '"zips/train2017.zip", 10**6)'
+  )
   (tmp_path / "annotations").mkdir()
   (tmp_path / "annotations" / "instances_val2017.json").write_text("{}")
   (tmp_path / "val2017").mkdir()

@@ -44,8 +44,14 @@ print("OK")
 
 def test_two_devices_match_one_device_step():
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  proc = subprocess.run([sys.executable, "-c", _TWO_DEVICE_SCRIPT], cwd=ROOT,
-                        capture_output=True, text=True, timeout=600, env=env)
+  proc = subprocess.run(
+      [sys.executable, "-c", _TWO_DEVICE_SCRIPT],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=env,
+  )
   assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
 
 
@@ -55,10 +61,19 @@ def test_bfloat16_losses_track_float32(tiny):
   for dtype in ("float32", "bfloat16"):
     tiny.model.dtype = dtype
     model, tx, state = _tiny_state(tiny)
-    step = jax.jit(train_lib.make_train_step(
-        tiny, model, tx, setup_model.model_anchors(tiny)))
+    step = jax.jit(
+        train_lib.make_train_step(
+            tiny, model, tx, setup_model.model_anchors(tiny)
+        )
+    )
     _, metrics = step(state, batch)
-    losses[dtype] = {k: float(metrics[k]) for k in ("objectness", "box", "total")}
-    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(state.params))
+    losses[dtype] = {
+        k: float(metrics[k]) for k in ("objectness", "box", "total")
+    }
+    assert all(
+        x.dtype == np.float32 for x in jax.tree_util.tree_leaves(state.params)
+    )
   for k in ("objectness", "box", "total"):
-    np.testing.assert_allclose(losses["bfloat16"][k], losses["float32"][k], rtol=0.05)
+    np.testing.assert_allclose(
+        losses["bfloat16"][k], losses["float32"][k], rtol=0.05
+    )

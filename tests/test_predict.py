@@ -16,7 +16,6 @@ from tests.tiny_config import get_config as tiny_config
 from tests.test_cli import run
 
 
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   """Four readable images of synthetic persons in four modes and sizes, a

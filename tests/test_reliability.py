@@ -55,28 +55,41 @@ def _batch(tiny, box):
   boxes[:, 0] = box
   valid = np.zeros((b, g), bool)
   valid[:, 0] = True
-  return dict(image=np.full((b, s, s, 3), 100, np.uint8), boxes=boxes,
-              box_valid=valid, box_crowd=np.zeros((b, g), bool),
-              image_hw=np.full((b, 2), s, np.int32), scale=np.ones(b, np.float32),
-              image_id=np.arange(b), image_valid=np.ones(b, bool))
+  return dict(
+      image=np.full((b, s, s, 3), 100, np.uint8),
+      boxes=boxes,
+      box_valid=valid,
+      box_crowd=np.zeros((b, g), bool),
+      image_hw=np.full((b, 2), s, np.int32),
+      scale=np.ones(b, np.float32),
+      image_id=np.arange(b),
+      image_valid=np.ones(b, bool),
+  )
 
 
 def test_non_finite_step_is_not_applied(tiny):
   model, tx, state = _tiny_state(tiny)
-  step = jax.jit(train_lib.make_train_step(
-      tiny, model, tx, setup_model.model_anchors(tiny)))
+  step = jax.jit(
+      train_lib.make_train_step(
+          tiny, model, tx, setup_model.model_anchors(tiny)
+      )
+  )
   batch = _batch(tiny, [10, 10, 60, 90])
   good, metrics = step(state, batch)
   assert int(metrics["finite"]) == 1
   # A weight gone bad (as after an overflow) makes the loss NaN.
   bias = good.params["head"]["cls_logits"]["bias"]
-  poisoned = good.replace(params=jax.tree_util.tree_map(lambda x: x, good.params))
+  poisoned = good.replace(
+      params=jax.tree_util.tree_map(lambda x: x, good.params)
+  )
   poisoned.params["head"]["cls_logits"]["bias"] = bias.at[0].set(jnp.nan)
   after, metrics = step(poisoned, batch)
   assert int(metrics["finite"]) == 0
   assert int(after.step) == 2
-  for x, y in zip(jax.tree_util.tree_leaves((poisoned.params, poisoned.opt_state)),
-                  jax.tree_util.tree_leaves((after.params, after.opt_state))):
+  for x, y in zip(
+      jax.tree_util.tree_leaves((poisoned.params, poisoned.opt_state)),
+      jax.tree_util.tree_leaves((after.params, after.opt_state)),
+  ):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
@@ -113,7 +126,9 @@ def test_resume_under_another_model_config_names_the_keys(tiny, tmp_path):
   tiny.model.head_channels = 16
   with pytest.raises(ValueError, match="model.head_channels.*model.width"):
     checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
-  with pytest.raises(ValueError, match="other model settings: model.head_channels, model.width"):
+  with pytest.raises(
+      ValueError, match="other model settings: model.head_channels, model.width"
+  ):
     checkpoint_lib.restore_variables(tiny, str(tmp_path))
 
 
@@ -127,7 +142,11 @@ def test_eval_canvas_is_eval_image_size_or_the_training_one(tiny):
     eval_lib.with_eval_canvas(tiny)
 
 
-_KEYS_ADDED_LATER = (("model", "fpn"), ("model", "fpn_channels"), ("train", "optimizer"))
+_KEYS_ADDED_LATER = (
+    ("model", "fpn"),
+    ("model", "fpn_channels"),
+    ("train", "optimizer"),
+)
 
 
 def _write_old_config(tiny, workdir):
@@ -146,12 +165,17 @@ def _write_old_config(tiny, workdir):
   return saved
 
 
-def test_keys_missing_from_an_old_config_count_as_their_defaults(tiny, tmp_path):
+def test_keys_missing_from_an_old_config_count_as_their_defaults(
+    tiny, tmp_path
+):
   saved = _write_old_config(tiny, str(tmp_path))
   assert checkpoint_lib.config_mismatch(saved, tiny) == []
   loaded = checkpoint_lib.load_config(str(tmp_path))
-  assert (loaded.model.fpn, loaded.model.fpn_channels, loaded.train.optimizer) == (
-      False, 256, "sgd")
+  assert (
+      loaded.model.fpn,
+      loaded.model.fpn_channels,
+      loaded.train.optimizer,
+  ) == (False, 256, "sgd")
   checkpoint_lib.check_or_write_config(str(tmp_path), tiny)
   _write_old_config(tiny, str(tmp_path))
   tiny.model.fpn = True  # a real difference from the default the old run had
@@ -163,25 +187,43 @@ def test_old_config_restores_for_evaluation(tiny, tmp_path):
   """evaluate.py's path: load_config of an old config.json, then
   checkpoint.restore_variables."""
   _, _, state = _tiny_state(tiny)
-  state = state.replace(step=jnp.asarray(3, state.step.dtype),
-                        params=jax.tree.map(lambda p: p + 1, state.params))
-  ckpt = checkpoint_lib.Checkpointer(str(tmp_path / checkpoint_lib.CHECKPOINT_DIR))
+  state = state.replace(
+      step=jnp.asarray(3, state.step.dtype),
+      params=jax.tree.map(lambda p: p + 1, state.params),
+  )
+  ckpt = checkpoint_lib.Checkpointer(
+      str(tmp_path / checkpoint_lib.CHECKPOINT_DIR)
+  )
   ckpt.save(3, state, force=True)
   ckpt.close()
   _write_old_config(tiny, str(tmp_path))
   variables, step = checkpoint_lib.restore_variables(
-      checkpoint_lib.load_config(str(tmp_path)), str(tmp_path))
+      checkpoint_lib.load_config(str(tmp_path)), str(tmp_path)
+  )
   assert step == 3
-  assert jax.tree.all(jax.tree.map(np.array_equal, variables["params"], state.params))
+  assert jax.tree.all(
+      jax.tree.map(np.array_equal, variables["params"], state.params)
+  )
 
 
 def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes(tmp_path):
   workdir = str(tmp_path / "run")
-  args = [sys.executable, "train.py", "--config=tests/tiny_config.py",
-          f"--workdir={workdir}", "--config.train.epochs=500",
-          "--config.train.log_every_steps=1"]
-  proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+  args = [
+      sys.executable,
+      "train.py",
+      "--config=tests/tiny_config.py",
+      f"--workdir={workdir}",
+      "--config.train.epochs=500",
+      "--config.train.log_every_steps=1",
+  ]
+  proc = subprocess.Popen(
+      args,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      env=dict(os.environ),
+  )
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 600
   while not (os.path.isfile(metrics) and len(_losses(workdir)) >= 3):
@@ -192,12 +234,19 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes(tmp_path):
   _, err = proc.communicate(timeout=300)
   assert proc.returncode == 0, err[-3000:]
   assert "SIGTERM received: saved step" in err
-  steps = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
+  steps = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints")
+  ).all_steps()
   assert steps and steps[-1] >= 3
 
-  resumed = subprocess.run(args[:-1] + ["--config.train.max_steps=" + str(steps[-1] + 2)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=600,
-                           env=dict(os.environ))
+  resumed = subprocess.run(
+      args[:-1] + ["--config.train.max_steps=" + str(steps[-1] + 2)],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      env=dict(os.environ),
+  )
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"steps {steps[-1]}..{steps[-1] + 2}" in resumed.stdout
 
@@ -206,7 +255,9 @@ def test_no_detections_gives_zeros_not_a_crash(tiny, tmp_path, caplog):
   tiny.train.max_steps = 2
   train_lib.train_and_evaluate(tiny, str(tmp_path / "run"))
   tiny.eval.score_threshold = 1.01  # nothing passes
-  metrics = eval_lib.run_evaluation(tiny, str(tmp_path / "run"), str(tmp_path / "eval"))
+  metrics = eval_lib.run_evaluation(
+      tiny, str(tmp_path / "run"), str(tmp_path / "eval")
+  )
   assert metrics["AP"] == 0.0 and metrics["AR100"] == 0.0
   assert "No detections" in caplog.text
   with open(tmp_path / "eval" / "detections.json") as f:

@@ -18,14 +18,19 @@ def _step_and_batch(tiny):
   batch = _batch(tiny, [10, 12, 40, 90])
   batch["boxes"][:, 1] = [60, 30, 100, 70]
   batch["box_valid"][:, 1] = True
-  batch["image"] = np.random.default_rng(0).integers(0, 255, batch["image"].shape, dtype=np.uint8)
+  batch["image"] = np.random.default_rng(0).integers(
+      0, 255, batch["image"].shape, dtype=np.uint8
+  )
   return step, state, batch, anchors
 
 
-@pytest.mark.parametrize("objectness_loss,assigner",
-                         [("focal", "iou"), ("quality_focal", "iou"),
-                          ("quality_focal", "atss")])
-def test_dense_objectness_over_every_anchor_learns(tiny, objectness_loss, assigner):
+@pytest.mark.parametrize(
+    "objectness_loss,assigner",
+    [("focal", "iou"), ("quality_focal", "iou"), ("quality_focal", "atss")],
+)
+def test_dense_objectness_over_every_anchor_learns(
+    tiny, objectness_loss, assigner
+):
   tiny.targets.objectness_loss = objectness_loss
   tiny.targets.assigner = assigner
   tiny.targets.num_samples = 0
@@ -36,11 +41,17 @@ def test_dense_objectness_over_every_anchor_learns(tiny, objectness_loss, assign
   step, state, batch, anchors = _step_and_batch(tiny)
   if assigner == "atss":
     match = lambda g, v: targets_lib.atss_match(
-        anchors, g, v, setup_model.anchors_per_level(tiny), tiny.targets.atss_top_k,
-        setup_model.anchors_per_cell(tiny.model))
+        anchors,
+        g,
+        v,
+        setup_model.anchors_per_level(tiny),
+        tiny.targets.atss_top_k,
+        setup_model.anchors_per_cell(tiny.model),
+    )
   else:
     match = lambda g, v: targets_lib.match_anchors(
-        anchors, g, v, tiny.targets.high_threshold, tiny.targets.low_threshold)
+        anchors, g, v, tiny.targets.high_threshold, tiny.targets.low_threshold
+    )
   _, labels = jax.vmap(match)(batch["boxes"], batch["box_valid"])
   labels = np.asarray(labels)
   totals = []
@@ -50,7 +61,11 @@ def test_dense_objectness_over_every_anchor_learns(tiny, objectness_loss, assign
     totals.append(float(metrics["total"]))
   # Every labelled anchor is in the loss, not a sample of 256 per image.
   assert int(metrics["num_pos"]) == (labels == 1).sum()
-  assert int(metrics["num_neg"]) == (labels == 0).sum() > 256 * tiny.train.batch_size
+  assert (
+      int(metrics["num_neg"])
+      == (labels == 0).sum()
+      > 256 * tiny.train.batch_size
+  )
   assert totals[-1] < 0.5 * totals[0]
 
 
@@ -60,5 +75,7 @@ def test_loss_config_errors_name_the_key(tiny):
     _step_and_batch(tiny)
   tiny.targets.normalizer = "samples"
   tiny.targets.num_samples = 0
-  with pytest.raises(ValueError, match="targets.num_samples=0 .* needs targets.normalizer"):
+  with pytest.raises(
+      ValueError, match="targets.num_samples=0 .* needs targets.normalizer"
+  ):
     _step_and_batch(tiny)

@@ -19,19 +19,27 @@ from ml_collections import config_flags
 
 from rpn_jax import cli
 
-_CKPT = flags.DEFINE_string("ckpt", None, "Training workdir (train.py --workdir).")
+_CKPT = flags.DEFINE_string(
+    "ckpt", None, "Training workdir (train.py --workdir)."
+)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None,
-                                  "Where outputs go (default: <ckpt>/eval).")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Where outputs go (default: <ckpt>/eval)."
+)
 _NUM_DRAW = flags.DEFINE_integer(
-    "num_images_to_draw", 8, "Save this many proposal pictures (score >= "
-    "eval.draw_score_threshold, NMS eval.draw_nms_threshold); 0: none.")
+    "num_images_to_draw",
+    8,
+    "Save this many proposal pictures (score >= "
+    "eval.draw_score_threshold, NMS eval.draw_nms_threshold); 0: none.",
+)
 
 
 _SWEEP_SCORE = flags.DEFINE_list(
-    "sweep_score", [], "Score thresholds to sweep, e.g. 0.4,0.5,0.6,0.7,0.8.")
+    "sweep_score", [], "Score thresholds to sweep, e.g. 0.4,0.5,0.6,0.7,0.8."
+)
 _SWEEP_NMS = flags.DEFINE_list(
-    "sweep_nms", [], "NMS thresholds to sweep, e.g. 0.4,0.5,0.6.")
+    "sweep_nms", [], "NMS thresholds to sweep, e.g. 0.4,0.5,0.6."
+)
 
 
 def _floats(values: list[str], flag: str) -> list[float]:
@@ -42,11 +50,18 @@ def _floats(values: list[str], flag: str) -> list[float]:
 
 
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host run: call jax.distributed.initialize() "
-    "(each host then reads its own share of every batch).")
+    "distributed",
+    False,
+    "Multi-host run: call jax.distributed.initialize() "
+    "(each host then reads its own share of every batch).",
+)
 _CONFIG = cli.define_config_flag(
-    config_flags.DEFINE_config_dict, "config", cli.saved_config(sys.argv), "Overrides of the checkpoint's config.",
-    lock_config=True)
+    config_flags.DEFINE_config_dict,
+    "config",
+    cli.saved_config(sys.argv),
+    "Overrides of the checkpoint's config.",
+    lock_config=True,
+)
 
 
 def main(argv):
@@ -58,11 +73,16 @@ def main(argv):
   output_dir = _OUTPUT_DIR.value or os.path.join(_CKPT.value, "eval")
   with cli.one_line_errors():
     from rpn_jax import eval_lib
+
     eval_lib.run_evaluation(
-        _CONFIG.value, _CKPT.value, output_dir, step=_STEP.value,
+        _CONFIG.value,
+        _CKPT.value,
+        output_dir,
+        step=_STEP.value,
         num_images_to_draw=_NUM_DRAW.value,
         sweep_scores=_floats(_SWEEP_SCORE.value, "sweep_score"),
-        sweep_nms=_floats(_SWEEP_NMS.value, "sweep_nms"))
+        sweep_nms=_floats(_SWEEP_NMS.value, "sweep_nms"),
+    )
 
 
 def run() -> None:

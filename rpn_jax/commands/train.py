@@ -19,16 +19,25 @@ from ml_collections import config_flags
 from rpn_jax import cli
 
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Multi-host run: call jax.distributed.initialize() "
-    "(each host then reads its own share of every batch).")
+    "distributed",
+    False,
+    "Multi-host run: call jax.distributed.initialize() "
+    "(each host then reads its own share of every batch).",
+)
 _CONFIG = cli.define_config_flag(
-    config_flags.DEFINE_config_file, "config", cli.packaged_config("default"),
+    config_flags.DEFINE_config_file,
+    "config",
+    cli.packaged_config("default"),
     "Training recipe: a configs/*.py file or a packaged recipe's name; "
     "override keys with --config.a.b=v.",
-    lock_config=True)
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Where checkpoints, config.json and metrics.jsonl go "
-    "(default: runs/<config file name>).")
+    "workdir",
+    None,
+    "Where checkpoints, config.json and metrics.jsonl go "
+    "(default: runs/<config file name>).",
+)
 
 
 def main(argv):
@@ -37,9 +46,11 @@ def main(argv):
   cli.setup(_DISTRIBUTED.value)
   config_path = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or os.path.join(
-      "runs", os.path.splitext(os.path.basename(config_path))[0])
+      "runs", os.path.splitext(os.path.basename(config_path))[0]
+  )
   with cli.one_line_errors():
     from rpn_jax import train_lib
+
     train_lib.train_and_evaluate(_CONFIG.value, workdir)
 
 

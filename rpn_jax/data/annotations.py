@@ -15,8 +15,9 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
   return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
 
 
-def clean_boxes(boxes: np.ndarray, height: int, width: int
-                ) -> tuple[np.ndarray, int]:
+def clean_boxes(
+    boxes: np.ndarray, height: int, width: int
+) -> tuple[np.ndarray, int]:
   """Clips xyxy boxes [n, 4] to the image and drops the degenerate ones.
 
   A box is degenerate when, after clipping, it is under 1 px wide or high
@@ -27,13 +28,19 @@ def clean_boxes(boxes: np.ndarray, height: int, width: int
   finite = np.isfinite(boxes).all(axis=1)
   limits = np.array([width, height, width, height], np.float32)
   clipped = np.clip(np.where(finite[:, None], boxes, 0.0), 0.0, limits)
-  keep = (finite & (clipped[:, 2] - clipped[:, 0] >= 1.0)
-          & (clipped[:, 3] - clipped[:, 1] >= 1.0))
+  keep = (
+      finite
+      & (clipped[:, 2] - clipped[:, 0] >= 1.0)
+      & (clipped[:, 3] - clipped[:, 1] >= 1.0)
+  )
   return clipped[keep], int((~keep).sum())
 
 
-def write_person_ground_truth(path: str, images: Sequence[dict[str, Any]],
-                              annotations: Sequence[dict[str, Any]]) -> str:
+def write_person_ground_truth(
+    path: str,
+    images: Sequence[dict[str, Any]],
+    annotations: Sequence[dict[str, Any]],
+) -> str:
   """Writes a COCO gt json with the person category as id 1.
 
   images: dicts with id, width, height, file_name. annotations: dicts with
@@ -44,8 +51,9 @@ def write_person_ground_truth(path: str, images: Sequence[dict[str, Any]],
   data = {
       "info": {"description": "rpn_jax person ground truth"},
       "images": [dict(im) for im in images],
-      "annotations": [dict(a, category_id=PERSON_CATEGORY["id"])
-                      for a in annotations],
+      "annotations": [
+          dict(a, category_id=PERSON_CATEGORY["id"]) for a in annotations
+      ],
       "categories": [dict(PERSON_CATEGORY)],
   }
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

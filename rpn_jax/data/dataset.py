@@ -26,6 +26,7 @@ class ImageRecord:
   crowd_boxes: float32 [m, 4] xyxy person regions marked iscrowd.
   source:      file path (or record name) of the image, for messages.
   """
+
   image_id: int
   height: int
   width: int
@@ -44,6 +45,7 @@ class Dataset(Protocol):
   stats:           counts gathered while indexing, e.g.
                    degenerate_boxes_dropped.
   """
+
   image_ids: list[int]
   annotation_file: str
   stats: dict[str, int]

@@ -8,8 +8,9 @@ from PIL import Image
 from rpn_jax.data.dataset import CorruptImageError
 
 
-def decode_image(data: bytes | str, source: str,
-                 expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+def decode_image(
+    data: bytes | str, source: str, expected_hw: tuple[int, int] | None = None
+) -> np.ndarray:
   """Decodes `data` (encoded bytes or a file path) to uint8 [H, W, 3] RGB.
 
   Grayscale, palette and CMYK images are converted to RGB. EXIF orientation is
@@ -27,7 +28,8 @@ def decode_image(data: bytes | str, source: str,
   if expected_hw is not None and array.shape[:2] != tuple(expected_hw):
     raise CorruptImageError(
         f"image {source} is {array.shape[0]}x{array.shape[1]} but its "
-        f"annotation says {expected_hw[0]}x{expected_hw[1]}")
+        f"annotation says {expected_hw[0]}x{expected_hw[1]}"
+    )
   return array
 
 

@@ -50,21 +50,39 @@ class BatchLoader:
   together visit each image of the epoch exactly once.
   """
 
-  def __init__(self, dataset: Dataset, *, batch_size: int, image_size: int,
-               max_boxes: int, shuffle: bool, seed: int, hflip: bool = False,
-               drop_last: bool, num_workers: int, prefetch_batches: int = 2,
-               process_index: int = 0, process_count: int = 1,
-               scale_jitter: tuple[float, float] = (1.0, 1.0)):
+  def __init__(
+      self,
+      dataset: Dataset,
+      *,
+      batch_size: int,
+      image_size: int,
+      max_boxes: int,
+      shuffle: bool,
+      seed: int,
+      hflip: bool = False,
+      drop_last: bool,
+      num_workers: int,
+      prefetch_batches: int = 2,
+      process_index: int = 0,
+      process_count: int = 1,
+      scale_jitter: tuple[float, float] = (1.0, 1.0),
+  ):
     if batch_size < 1 or image_size < 1 or max_boxes < 1:
-      raise ValueError(f"batch_size ({batch_size}), image_size ({image_size}) "
-                       f"and max_boxes ({max_boxes}) must be positive")
+      raise ValueError(
+          f"batch_size ({batch_size}), image_size ({image_size}) "
+          f"and max_boxes ({max_boxes}) must be positive"
+      )
     lo, hi = (float(x) for x in scale_jitter)
     if not 0 < lo <= hi:
-      raise ValueError(f"data.scale_jitter must be (lo, hi) with 0 < lo <= hi, "
-                       f"got {tuple(scale_jitter)}")
+      raise ValueError(
+          f"data.scale_jitter must be (lo, hi) with 0 < lo <= hi, "
+          f"got {tuple(scale_jitter)}"
+      )
     if batch_size % process_count or not 0 <= process_index < process_count:
-      raise ValueError(f"batch_size {batch_size} must split evenly over "
-                       f"{process_count} processes (index {process_index})")
+      raise ValueError(
+          f"batch_size {batch_size} must split evenly over "
+          f"{process_count} processes (index {process_index})"
+      )
     self.dataset = dataset
     self.batch_size = batch_size
     self.image_size = image_size
@@ -78,8 +96,11 @@ class BatchLoader:
     self.prefetch_batches = max(1, prefetch_batches)
     self.process_index = process_index
     self.local_batch_size = batch_size // process_count
-    self.stats = {"corrupt_images": 0, "images_with_dropped_boxes": 0,
-                  "boxes_dropped": 0}
+    self.stats = {
+        "corrupt_images": 0,
+        "images_with_dropped_boxes": 0,
+        "boxes_dropped": 0,
+    }
     self._lock = threading.Lock()
 
   @property
@@ -117,15 +138,22 @@ class BatchLoader:
     if not 0 <= start_step <= steps:
       raise ValueError(f"start_step {start_step} is outside [0, {steps}]")
     b, local = self.batch_size, self.local_batch_size
-    indices = self.order(epoch)[start_step * b:steps * b]
+    indices = self.order(epoch)[start_step * b : steps * b]
     flips = self.flips(epoch)
     jitters = self.jitters(epoch)
-    shares = [indices[first + self.process_index * local:
-                      first + (self.process_index + 1) * local]
-              for first in range(0, len(indices), b)]
-    work = [(int(i), bool(flips[i]),
-             None if jitters is None else tuple(jitters[i]))
-            for share in shares for i in share]
+    shares = [
+        indices[
+            first
+            + self.process_index * local : first
+            + (self.process_index + 1) * local
+        ]
+        for first in range(0, len(indices), b)
+    ]
+    work = [
+        (int(i), bool(flips[i]), None if jitters is None else tuple(jitters[i]))
+        for share in shares
+        for i in share
+    ]
     if self.num_workers > 0:
       examples = self._threaded(work)
     else:
@@ -140,7 +168,8 @@ class BatchLoader:
     """The examples of `work` in order, decoded by a thread pool that stays
     at most `prefetch_batches` batches ahead of the consumer."""
     pool = concurrent.futures.ThreadPoolExecutor(
-        self.num_workers, thread_name_prefix="rpn_jax_loader")
+        self.num_workers, thread_name_prefix="rpn_jax_loader"
+    )
     window = self.prefetch_batches * self.local_batch_size
     pending: collections.deque = collections.deque()
     todo = iter(work)
@@ -156,8 +185,12 @@ class BatchLoader:
     finally:
       pool.shutdown(wait=True, cancel_futures=True)
 
-  def _example(self, index: int, flip: bool,
-               jitter: tuple[float, float, float] | None = None) -> Batch:
+  def _example(
+      self,
+      index: int,
+      flip: bool,
+      jitter: tuple[float, float, float] | None = None,
+  ) -> Batch:
     """One letterboxed (or scale-jittered), padded entry of the batch
     (without the B axis)."""
     try:
@@ -172,33 +205,48 @@ class BatchLoader:
       image, boxes = transforms.hflip(image, boxes, record.width)
     n, m = len(record.boxes), len(record.crowd_boxes)
     if jitter is None:
-      canvas, boxes, scale, hw = transforms.letterbox(image, boxes,
-                                                      self.image_size)
+      canvas, boxes, scale, hw = transforms.letterbox(
+          image, boxes, self.image_size
+      )
     else:
       canvas, boxes, keep, scale, hw = transforms.scale_crop(
-          image, boxes, self.image_size, jitter[0], jitter[1:])
+          image, boxes, self.image_size, jitter[0], jitter[1:]
+      )
       n, m = int(keep[:n].sum()), int(keep[n:].sum())
       boxes = boxes[keep]
     if n + m > self.max_boxes:
       with self._lock:
         self.stats["images_with_dropped_boxes"] += 1
         self.stats["boxes_dropped"] += n + m - self.max_boxes
-    padded, valid, crowd = transforms.pad_boxes(boxes[:n], boxes[n:],
-                                                self.max_boxes)
-    return {"image": canvas, "boxes": padded, "box_valid": valid,
-            "box_crowd": crowd, "image_hw": np.asarray(hw, np.int32),
-            "scale": np.float32(scale), "image_id": np.int64(record.image_id),
-            "image_valid": np.bool_(True)}
+    padded, valid, crowd = transforms.pad_boxes(
+        boxes[:n], boxes[n:], self.max_boxes
+    )
+    return {
+        "image": canvas,
+        "boxes": padded,
+        "box_valid": valid,
+        "box_crowd": crowd,
+        "image_hw": np.asarray(hw, np.int32),
+        "scale": np.float32(scale),
+        "image_id": np.int64(record.image_id),
+        "image_valid": np.bool_(True),
+    }
 
   def _blank(self, image_id: int) -> Batch:
     s, g = self.image_size, self.max_boxes
-    return {"image": np.zeros((s, s, 3), np.uint8),
-            "boxes": np.zeros((g, 4), np.float32),
-            "box_valid": np.zeros(g, bool), "box_crowd": np.zeros(g, bool),
-            "image_hw": np.zeros(2, np.int32), "scale": np.float32(1.0),
-            "image_id": np.int64(image_id), "image_valid": np.bool_(False)}
+    return {
+        "image": np.zeros((s, s, 3), np.uint8),
+        "boxes": np.zeros((g, 4), np.float32),
+        "box_valid": np.zeros(g, bool),
+        "box_crowd": np.zeros(g, bool),
+        "image_hw": np.zeros(2, np.int32),
+        "scale": np.float32(1.0),
+        "image_id": np.int64(image_id),
+        "image_valid": np.bool_(False),
+    }
 
   def _collate(self, examples: list[Batch]) -> Batch:
     examples = examples + [self._blank(-1)] * (
-        self.local_batch_size - len(examples))
+        self.local_batch_size - len(examples)
+    )
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}

@@ -15,8 +15,12 @@ def synthetic_root(data_cfg: ml_collections.ConfigDict) -> str:
   """Where `data.source='synthetic'` with an empty `data.coco_dir` lives: a
   cache folder named after the generator version and its parameters."""
   s = data_cfg.synthetic
-  return os.path.join(cache_root(), synthetic.dataset_name(
-      s.num_train, s.num_val, s.seed, s.min_size, s.max_size))
+  return os.path.join(
+      cache_root(),
+      synthetic.dataset_name(
+          s.num_train, s.num_val, s.seed, s.min_size, s.max_size
+      ),
+  )
 
 
 def open_dataset(data_cfg: ml_collections.ConfigDict, split: str) -> Dataset:
@@ -30,21 +34,32 @@ def open_dataset(data_cfg: ml_collections.ConfigDict, split: str) -> Dataset:
   """
   source = data_cfg.source
   if source not in SOURCES:
-    raise ValueError(f"unknown data.source {source!r}; expected one of "
-                     f"{', '.join(SOURCES)}")
+    raise ValueError(
+        f"unknown data.source {source!r}; expected one of "
+        f"{', '.join(SOURCES)}"
+    )
   if source == "tfds":
     from rpn_jax.data import tfds_coco  # pylint: disable=g-import-not-at-top
-    return tfds_coco.TfdsCocoDataset(split, data_cfg.tfds_data_dir or None,
-                                     data_cfg.person_images_only)
+
+    return tfds_coco.TfdsCocoDataset(
+        split, data_cfg.tfds_data_dir or None, data_cfg.person_images_only
+    )
   root = data_cfg.coco_dir
   if source == "synthetic" and not root:
     s = data_cfg.synthetic
     root = synthetic.ensure_synthetic_dataset(
-        synthetic_root(data_cfg), s.num_train, s.num_val, s.seed, s.min_size,
-        s.max_size)
+        synthetic_root(data_cfg),
+        s.num_train,
+        s.num_val,
+        s.seed,
+        s.min_size,
+        s.max_size,
+    )
   if not root:
-    raise ValueError("data.coco_dir is empty; set it to a folder with "
-                     "annotations/instances_<split>.json and <split>/")
+    raise ValueError(
+        "data.coco_dir is empty; set it to a folder with "
+        "annotations/instances_<split>.json and <split>/"
+    )
   try:
     return coco_dir.CocoDirDataset(root, split, data_cfg.person_images_only)
   except FileNotFoundError as e:
