@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -11,7 +11,7 @@ PLACEMENTS = ("centred", "seed")
 
 
 def generate_anchors(
-    feature_hw: Tuple[int, int],
+    feature_hw: tuple[int, int],
     stride: int,
     sizes: Sequence[float],
     ratios: Sequence[float],

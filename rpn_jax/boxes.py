@@ -8,11 +8,11 @@ torchvision's convention: width = x2 - x1 and height = y2 - y1 (no +1).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import jax.numpy as jnp
 
-Clamp = Optional[Tuple[float, float, float]]
+Clamp = tuple[float, float, float] | None
 
 
 def _unfused(product: jnp.ndarray) -> jnp.ndarray:
@@ -57,7 +57,7 @@ def box_iou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
 
 def aligned_overlaps(
     pred: jnp.ndarray, target: jnp.ndarray, eps: float = 1e-7
-) -> Tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
   """(IoU, union, enclosing-box area), each ``[...]``, of the xyxy box pairs
   ``pred [..., 4]`` and ``target [..., 4]`` (elementwise, not pairwise as
   ``box_iou``); IoU is ``inter / (union + eps)``."""

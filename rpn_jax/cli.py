@@ -6,7 +6,8 @@ import logging
 import os
 import re
 import sys
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import ml_collections
 from absl import logging as absl_logging

@@ -3,7 +3,6 @@ box (smooth-L1 on the deltas, or GIoU of the decoded boxes)."""
 
 from __future__ import annotations
 
-from typing import Dict, Union
 
 import jax
 import jax.numpy as jnp
@@ -86,16 +85,16 @@ def rpn_losses(
     pos_mask: jax.Array,
     neg_mask: jax.Array,
     *,
-    normalizer: Union[float, jax.Array],
+    normalizer: float | jax.Array,
     beta: float = 1.0,
     box_weight: float = 1.0,
     box_loss: str = "smooth_l1",
-    anchors: Union[jax.Array, None] = None,
-    box_coder: Union[Dict, None] = None,
+    anchors: jax.Array | None = None,
+    box_coder: dict | None = None,
     objectness_loss: str = "bce",
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
-) -> Dict[str, jax.Array]:
+) -> dict[str, jax.Array]:
   """Objectness and box regression losses of a batch.
 
   Args:

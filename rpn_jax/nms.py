@@ -13,7 +13,6 @@ appended to the buffer. The loop stops as soon as ``max_output`` boxes are kept.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +33,7 @@ def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
 
-def _float32_threshold(iou_threshold: Union[float, jax.Array]) -> jax.Array:
+def _float32_threshold(iou_threshold: float | jax.Array) -> jax.Array:
   """The float32 t with ``iou > t`` (in float32) iff ``iou > iou_threshold`` (as a double).
 
   torchvision compares its float32 IoU against a double threshold; rounding a
@@ -83,10 +82,10 @@ def _overlaps(a: jax.Array, b: jax.Array, threshold: jax.Array) -> jax.Array:
 def nms_padded(
     boxes: jax.Array,
     scores: jax.Array,
-    iou_threshold: Union[float, jax.Array],
+    iou_threshold: float | jax.Array,
     max_output: int,
-    valid: Optional[jax.Array] = None,
-) -> Tuple[jax.Array, jax.Array]:
+    valid: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
   """Greedy NMS with a fixed-size result.
 
   Args:

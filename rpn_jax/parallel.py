@@ -7,7 +7,8 @@ cluster; after `jax.distributed.initialize()`) each process feeds its own
 share of the global batch and the mesh spans every process's devices.
 """
 
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import numpy as np

@@ -7,7 +7,7 @@ RegionProposalNetwork and detectron2's find_top_rpn_proposals do.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from rpn_jax.nms import nms_padded
 
 def _top_k_per_level(
     logits: jax.Array, k: int, level_sizes: Sequence[int]
-) -> Tuple[jax.Array, jax.Array, np.ndarray]:
+) -> tuple[jax.Array, jax.Array, np.ndarray]:
   """The ``min(k, n_l)`` highest logits of each level: values ``[M]``, indices ``[M]``
   into ``logits`` and static level numbers ``[M]``, level by level."""
   values, indices, levels = [], [], []
@@ -63,8 +63,8 @@ def propose_indexed(
     min_size: float = 1e-3,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
     clamp: Clamp = None,
-    level_sizes: Optional[Sequence[int]] = None,
-) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    level_sizes: Sequence[int] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """``propose`` (same arguments and results), plus the anchor behind each proposal.
 
   Returns:
@@ -120,8 +120,8 @@ def propose(
     min_size: float = 1e-3,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
     clamp: Clamp = None,
-    level_sizes: Optional[Sequence[int]] = None,
-) -> Tuple[jax.Array, jax.Array, jax.Array]:
+    level_sizes: Sequence[int] | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Proposals of one image.
 
   The ``min(pre_nms_top_k, N)`` anchors with the highest logits are decoded,
@@ -168,7 +168,7 @@ def propose_batch(
     deltas: jax.Array,
     image_hw: jax.Array,
     **kwargs,
-) -> Tuple[jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array]:
   """``propose`` (same keywords, ``level_sizes`` included) over a batch.
 
   anchors ``[N, 4]`` shared, logits ``[B, N]``, deltas ``[B, N, 4]``, image_hw
@@ -185,7 +185,7 @@ def propose_batch_indexed(
     deltas: jax.Array,
     image_hw: jax.Array,
     **kwargs,
-) -> Tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
   """``propose_indexed`` over a batch, as ``propose_batch``: also ``anchor_index [B, K]``."""
   return jax.vmap(
       lambda l, d, hw: propose_indexed(anchors, l, d, hw, **kwargs)

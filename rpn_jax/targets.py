@@ -6,7 +6,7 @@ with a validity mask); ``jax.vmap`` them over the batch.
 
 from __future__ import annotations
 
-from typing import Dict, Sequence, Tuple
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ def match_anchors(
     high: float = 0.7,
     low: float = 0.3,
     allow_low_quality: bool = True,
-) -> Tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
   """Match each anchor to its best ground-truth box, as torchvision's ``Matcher``.
 
   Args:
@@ -70,7 +70,7 @@ def atss_match(
     level_sizes: Sequence[int],
     top_k: int = 9,
     anchors_per_cell: int = 1,
-) -> Tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
   """Adaptive training sample selection (Zhang et al. 2020, ATSS).
 
   Each gt box takes, on every level, the ``ceil(top_k / anchors_per_cell)``
@@ -180,7 +180,7 @@ def sample_labels(
     labels: jax.Array,
     num_samples: int = 256,
     positive_fraction: float = 0.5,
-) -> Tuple[jax.Array, jax.Array]:
+) -> tuple[jax.Array, jax.Array]:
   """Random balanced subset of labelled anchors, with fixed shapes.
 
   Takes up to ``int(num_samples * positive_fraction)`` positives (labels 1) and
@@ -224,7 +224,7 @@ def rpn_targets(
     level_sizes: Sequence[int] = (),
     atss_top_k: int = 9,
     anchors_per_cell: int = 1,
-) -> Dict[str, jax.Array]:
+) -> dict[str, jax.Array]:
   """Sampled objectness labels and regression targets for one image.
 
   Args:
@@ -303,7 +303,7 @@ def _sampled_targets(
     positive_fraction: float,
     weights: Sequence[float],
     clamp: Clamp,
-) -> Dict[str, jax.Array]:
+) -> dict[str, jax.Array]:
   """Sampled masks and regression targets from anchor ``labels [N]`` (1, 0, -1)
   and each anchor's matched gt row ``matched_idx [N]`` (``rpn_targets``' result).
   """
@@ -345,7 +345,7 @@ def proposal_targets(
     positive_fraction: float = 0.5,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
     clamp: Clamp = None,
-) -> Dict[str, jax.Array]:
+) -> dict[str, jax.Array]:
   """``rpn_targets`` with the seed's labelling: only the anchors behind proposals.
 
   The seed (seed/PROTOCOL.md, "Labels") labelled only each image's post-NMS

@@ -10,7 +10,8 @@ import logging
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import flax
 import jax

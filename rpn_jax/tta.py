@@ -11,7 +11,8 @@ all passes keeps its score; one seen by a single pass loses most of it.
 
 import functools
 import math
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from rpn_jax.data import sources
 

@@ -109,7 +109,7 @@ def _cell_containing(text: str) -> str:
       for c in load_notebook()["cells"]
       if c["cell_type"] == "code"
   ]
-  (match,) = [c for c in cells if text in c]
+  (match,) = (c for c in cells if text in c)
   return match
 
 

@@ -11,7 +11,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -4,7 +4,8 @@ Boxes are float32 xyxy in continuous pixel coordinates (width = x2 - x1).
 """
 
 import logging
-from typing import Any, Sequence, TypeVar
+from typing import Any, TypeVar
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
