@@ -129,3 +129,26 @@ def define_config_flag(define: Callable[..., Any], *args, **kwargs) -> Any:
     where = flags[0] if flags else "--config"
     print(f"error: {where}: the config has no key {key!r}", file=sys.stderr)
     sys.exit(2)
+
+
+def define_checkpoint_flags(config_help: str) -> tuple[Any, Any, Any]:
+  """--ckpt, --step and --config (the workdir's saved config, with
+  `--config.a.b=v` overrides on top) of the programs that read a trained
+  workdir; returns their flag holders in that order."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  ckpt = flags.DEFINE_string(
+      "ckpt", None, "Training workdir (train.py --workdir)."
+  )
+  step = flags.DEFINE_integer(
+      "step", None, "Checkpoint step (default: newest)."
+  )
+  config = define_config_flag(
+      config_flags.DEFINE_config_dict,
+      "config",
+      saved_config(sys.argv),
+      config_help,
+      lock_config=True,
+  )
+  return ckpt, step, config

@@ -114,6 +114,16 @@ def batch_targets(
         f"got {t.label_on!r}"
     )
   keys = jax.random.split(key, batch["boxes"].shape[0])
+  # The labelling settings both ways of labelling share.
+  shared = dict(
+      high=t.high_threshold,
+      low=t.low_threshold,
+      crowd_ioa=t.crowd_ioa,
+      num_samples=t.num_samples,
+      positive_fraction=t.positive_fraction,
+      weights=tuple(t.box_weights),
+      clamp=tuple(t.box_clamp),
+  )
   if t.label_on == "proposals":
     if t.assigner != "iou":
       raise ValueError(
@@ -135,16 +145,7 @@ def batch_targets(
         batch["image_hw"],
         **setup_model.proposal_settings(config),
     )
-    per_image = functools.partial(
-        targets_lib.proposal_targets,
-        high=t.high_threshold,
-        low=t.low_threshold,
-        crowd_ioa=t.crowd_ioa,
-        num_samples=t.num_samples,
-        positive_fraction=t.positive_fraction,
-        weights=tuple(t.box_weights),
-        clamp=tuple(t.box_clamp),
-    )
+    per_image = functools.partial(targets_lib.proposal_targets, **shared)
     out = jax.vmap(per_image, in_axes=(0, None, 0, 0, 0, 0, 0, 0))(
         keys,
         anchors,
@@ -158,13 +159,7 @@ def batch_targets(
   else:
     per_image = functools.partial(
         targets_lib.rpn_targets,
-        high=t.high_threshold,
-        low=t.low_threshold,
-        crowd_ioa=t.crowd_ioa,
-        num_samples=t.num_samples,
-        positive_fraction=t.positive_fraction,
-        weights=tuple(t.box_weights),
-        clamp=tuple(t.box_clamp),
+        **shared,
         assigner=t.assigner,
         level_sizes=setup_model.anchors_per_level(config),
         atss_top_k=t.atss_top_k,

@@ -11,18 +11,15 @@ detections.json, pr_curve.png (precision-recall at IoU 0.50, 0.75 and
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from rpn_jax import cli
 
-_CKPT = flags.DEFINE_string(
-    "ckpt", None, "Training workdir (train.py --workdir)."
+_CKPT, _STEP, _CONFIG = cli.define_checkpoint_flags(
+    "Overrides of the checkpoint's config."
 )
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where outputs go (default: <ckpt>/eval)."
 )
@@ -54,13 +51,6 @@ _DISTRIBUTED = flags.DEFINE_bool(
     False,
     "Multi-host run: call jax.distributed.initialize() "
     "(each host then reads its own share of every batch).",
-)
-_CONFIG = cli.define_config_flag(
-    config_flags.DEFINE_config_dict,
-    "config",
-    cli.saved_config(sys.argv),
-    "Overrides of the checkpoint's config.",
-    lock_config=True,
 )
 
 

@@ -10,27 +10,16 @@ optimizer state, with that config into FILE (rpn_jax/export.py has the
 layout).
 """
 
-import sys
-
 import numpy as np
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from rpn_jax import cli
 
-_CKPT = flags.DEFINE_string(
-    "ckpt", None, "Training workdir (train.py --workdir)."
+_CKPT, _STEP, _CONFIG = cli.define_checkpoint_flags(
+    "Overrides of the checkpoint's config (the detector's settings)."
 )
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
 _OUT = flags.DEFINE_string("out", None, "File to write (an .npz archive).")
-_CONFIG = cli.define_config_flag(
-    config_flags.DEFINE_config_dict,
-    "config",
-    cli.saved_config(sys.argv),
-    "Overrides of the checkpoint's config (the detector's settings).",
-    lock_config=True,
-)
 
 
 def main(argv):

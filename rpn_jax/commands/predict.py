@@ -16,16 +16,14 @@ read is named in a warning and skipped.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from rpn_jax import cli
 
-_CKPT = flags.DEFINE_string(
-    "ckpt", None, "Training workdir (train.py --workdir)."
+_CKPT, _STEP, _CONFIG = cli.define_checkpoint_flags(
+    "Overrides of the checkpoint's config."
 )
 _IMAGES = flags.DEFINE_string(
     "images", None, "An image file, a folder of images or a quoted glob."
@@ -33,7 +31,6 @@ _IMAGES = flags.DEFINE_string(
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where outputs go (default: <ckpt>/predict)."
 )
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: newest).")
 _SCORE = flags.DEFINE_float(
     "score_threshold",
     None,
@@ -55,13 +52,6 @@ _DRAW = flags.DEFINE_bool(
     True,
     "Save a picture of each image with "
     "its detections (--nodraw: only the JSON files).",
-)
-_CONFIG = cli.define_config_flag(
-    config_flags.DEFINE_config_dict,
-    "config",
-    cli.saved_config(sys.argv),
-    "Overrides of the checkpoint's config.",
-    lock_config=True,
 )
 
 
