@@ -31,8 +31,7 @@ from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
 
 # Names that live in the modules above, kept importable from here for the
-# callers in bench/ and tests/ (restore_variables: bench/learning_parity.py).
-from rpn_jax.checkpoint import restore_variables
+# callers in bench/ and tests/.
 from rpn_jax.postprocess import Proposals, select_detections
 from rpn_jax.predictor import make_predict_fn, with_eval_canvas
 
