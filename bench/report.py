@@ -16,7 +16,15 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench import common, eval_bench, gpu, inference_bench, nms_bench, train_step_bench
+from bench import (
+    common,
+    eval_bench,
+    gpu,
+    inference_bench,
+    input_bench,
+    nms_bench,
+    train_step_bench,
+)
 
 BEGIN = "<!-- tables: python -m bench.report --write BENCHMARKS.md -->"
 END = "<!-- end of tables -->"
@@ -26,6 +34,7 @@ COLUMNS = {
     "inference": inference_bench.COLUMNS,
     "eval": eval_bench.COLUMNS,
     "gpu": gpu.COLUMNS,
+    "input": input_bench.COLUMNS,
 }
 # Issue 5's targets on the CPU: section -> (least speedup, the row's name or
 # None where the row is not a target).

@@ -1,7 +1,7 @@
 """Every CPU benchmark, one after the other, each in its own process.
 
-  python -m bench.run_all [--only nms,train_step,inference,eval] [--report_only]
-                          [--write BENCHMARKS.md]
+  python -m bench.run_all [--only nms,train_step,inference,eval,input]
+                          [--report_only] [--write BENCHMARKS.md]
 
 Each benchmark adds its section to bench/results/<machine>.json (a fresh
 process per benchmark keeps one's memory and compiled programs from slowing
@@ -16,13 +16,22 @@ import argparse
 import subprocess
 import sys
 
-from bench import common, eval_bench, inference_bench, nms_bench, report, train_step_bench
+from bench import (
+    common,
+    eval_bench,
+    inference_bench,
+    input_bench,
+    nms_bench,
+    report,
+    train_step_bench,
+)
 
 BENCHMARKS = {
     "nms": nms_bench,
     "train_step": train_step_bench,
     "inference": inference_bench,
     "eval": eval_bench,
+    "input": input_bench,
 }
 
 
