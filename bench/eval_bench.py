@@ -86,17 +86,7 @@ def stages(config, variables, dataset, coco, category_id) -> dict[str, float]:
   cocoeval_s: COCOeval of the thresholded detections (the 12 metrics);
   recall_s: COCOeval of every raw proposal (AR@100/300/1000).
   """
-  loader = loader_lib.BatchLoader(
-      dataset,
-      batch_size=config.eval.batch_size,
-      image_size=config.data.image_size,
-      max_boxes=config.data.max_boxes,
-      shuffle=False,
-      seed=config.seed,
-      hflip=False,
-      drop_last=False,
-      num_workers=config.data.num_workers,
-  )
+  loader = loader_lib.eval_loader(config, dataset)
   batches, decode_s = _timed(lambda: list(loader.epoch(0)))
 
   model = setup_model.build_model(config.model)

@@ -32,25 +32,6 @@ from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
 
 
-def train_loader(
-    config: ml_collections.ConfigDict, dataset: Any
-) -> loader_lib.BatchLoader:
-  """The loader `train_lib.train_and_evaluate` builds for `config` (one
-  process): so both sides see the same images, flips and order."""
-  return loader_lib.BatchLoader(
-      dataset,
-      batch_size=config.train.batch_size,
-      image_size=config.data.image_size,
-      max_boxes=config.data.max_boxes,
-      shuffle=True,
-      seed=config.seed,
-      hflip=config.data.hflip,
-      scale_jitter=tuple(config.data.scale_jitter),
-      drop_last=True,
-      num_workers=config.data.num_workers,
-  )
-
-
 def scheduler(
     config: ml_collections.ConfigDict,
     optimizer: torch.optim.SGD,
@@ -92,7 +73,9 @@ def train(
   """
   torch.set_num_threads(threads)
   dataset = open_dataset(config.data, config.data.train_split)
-  loader = train_loader(config, dataset)
+  # The loader train_lib builds: both sides see the same images, flips and
+  # order.
+  loader = loader_lib.train_loader(config, dataset)
   per_epoch = loader.steps_per_epoch
   if per_epoch == 0:
     raise ValueError(
@@ -172,17 +155,7 @@ def predict_proposals(
   """
   config = eval_lib.with_eval_canvas(config)
   k = config.proposals.post_nms_top_k
-  loader = loader_lib.BatchLoader(
-      dataset,
-      batch_size=config.eval.batch_size,
-      image_size=config.data.image_size,
-      max_boxes=config.data.max_boxes,
-      shuffle=False,
-      seed=config.seed,
-      hflip=False,
-      drop_last=False,
-      num_workers=config.data.num_workers,
-  )
+  loader = loader_lib.eval_loader(config, dataset)
   trunk.eval()
   rpn.eval()
   ids, boxes, scores, valid = [], [], [], []

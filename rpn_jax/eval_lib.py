@@ -49,18 +49,8 @@ def predict_proposals(
   predict = parallel.jit_sharded_map(
       make_predict_fn(config, model, anchors), mesh
   )
-  loader = loader_lib.BatchLoader(
-      dataset,
-      batch_size=config.eval.batch_size,
-      image_size=config.data.image_size,
-      max_boxes=config.data.max_boxes,
-      shuffle=False,
-      seed=config.seed,
-      hflip=False,
-      drop_last=False,
-      num_workers=config.data.num_workers,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
+  loader = loader_lib.eval_loader(
+      config, dataset, jax.process_index(), jax.process_count()
   )
   variables = parallel.replicate(variables, mesh)
   ids, boxes, scores, valid = [], [], [], []

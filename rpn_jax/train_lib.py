@@ -364,19 +364,8 @@ def train_and_evaluate(
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.check_or_write_config(workdir, config)
   dataset = open_dataset(config.data, config.data.train_split)
-  loader = loader_lib.BatchLoader(
-      dataset,
-      batch_size=config.train.batch_size,
-      image_size=config.data.image_size,
-      max_boxes=config.data.max_boxes,
-      shuffle=True,
-      seed=config.seed,
-      hflip=config.data.hflip,
-      scale_jitter=tuple(config.data.scale_jitter),
-      drop_last=True,
-      num_workers=config.data.num_workers,
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
+  loader = loader_lib.train_loader(
+      config, dataset, jax.process_index(), jax.process_count()
   )
   steps_per_epoch = loader.steps_per_epoch
   if steps_per_epoch == 0:

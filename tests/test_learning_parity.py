@@ -15,6 +15,7 @@ from rpn_jax import eval_lib
 from rpn_jax import optimizer as optimizer_lib
 from rpn_jax import schedules
 from rpn_jax import setup_model
+from rpn_jax.data import loader as loader_lib
 from rpn_jax.data import open_dataset
 
 torch.set_num_threads(2)
@@ -66,7 +67,7 @@ def test_train_steps_the_weights(trained):
   # The learning rate of each logged step is rpn_jax's at that step (0-based),
   # its durations resolved as train_lib resolves them.
   dataset = open_dataset(config.data, config.data.train_split)
-  per_epoch = torch_training.train_loader(config, dataset).steps_per_epoch
+  per_epoch = loader_lib.train_loader(config, dataset).steps_per_epoch
   schedule = optimizer_lib.make_schedule(
       schedules.resolve_steps(config.train, per_epoch)
   )

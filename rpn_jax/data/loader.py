@@ -12,6 +12,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -250,3 +251,51 @@ class BatchLoader:
         self.local_batch_size - len(examples)
     )
     return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
+
+
+def train_loader(
+    config: Any,
+    dataset: Dataset,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> BatchLoader:
+  """The training loader of an rpn_jax config: train.batch_size full
+  batches on the data.image_size canvas, shuffled by config.seed, with the
+  config's flips and scale jitter; this process's share of each batch."""
+  return BatchLoader(
+      dataset,
+      batch_size=config.train.batch_size,
+      image_size=config.data.image_size,
+      max_boxes=config.data.max_boxes,
+      shuffle=True,
+      seed=config.seed,
+      hflip=config.data.hflip,
+      scale_jitter=tuple(config.data.scale_jitter),
+      drop_last=True,
+      num_workers=config.data.num_workers,
+      process_index=process_index,
+      process_count=process_count,
+  )
+
+
+def eval_loader(
+    config: Any,
+    dataset: Dataset,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> BatchLoader:
+  """The evaluation loader of an rpn_jax config: every image once, in
+  order, eval.batch_size per batch (the last one padded), no augmentation."""
+  return BatchLoader(
+      dataset,
+      batch_size=config.eval.batch_size,
+      image_size=config.data.image_size,
+      max_boxes=config.data.max_boxes,
+      shuffle=False,
+      seed=config.seed,
+      hflip=False,
+      drop_last=False,
+      num_workers=config.data.num_workers,
+      process_index=process_index,
+      process_count=process_count,
+  )
