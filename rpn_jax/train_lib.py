@@ -498,54 +498,60 @@ def train_and_evaluate(
 
   save_seconds = 60 * config.train.checkpoint_every_minutes
   last_save = _clock()
-  with _StopRequest() as stop:
-    epoch = start // steps_per_epoch
-    while int(start) < total_steps and not stop.signal_name:
-      for batch in loader.epoch(epoch, start_step=start % steps_per_epoch):
-        image_ids = batch["image_id"][batch["image_valid"]].tolist()
-        state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
-        start += 1
-        if pending is not None:
-          settle(pending)
-        pending = (start, image_ids, metrics, int(batch["image_valid"].sum()))
-        progress.update(1)
-        end_of_epoch = start % steps_per_epoch == 0
-        every = config.train.checkpoint_every_steps
-        if (
-            (every and start % every == 0)
-            or end_of_epoch
-            or start == total_steps
-            or (save_seconds and _clock() - last_save >= save_seconds)
-        ):
-          ckpt.save(start, state)
-          last_save = _clock()
-        if (
-            validate
-            and not stop.signal_name
-            and (
-                start == total_steps
-                or (
-                    end_of_epoch
-                    and (start // steps_per_epoch) % eval_every == 0
-                )
-            )
-        ):
-          settle(pending)  # the step's training record before validation's
-          pending = None
-          run_validation(start)
-        if start >= total_steps or stop.signal_name:
-          break
-      epoch += 1
-    if pending is not None:
-      settle(pending)
-    if stop.signal_name:
-      ckpt.save(start, state, force=True)
-      logging.warning(
-          "%s received: saved step %d, rerun to resume", stop.signal_name, start
-      )
-  ckpt.close()
-  writer.close()
-  progress.close()
+  # Even when a step raises (NonFiniteError, a crash), finish the checkpoint
+  # writes in flight, so the newest complete step is on disk.
+  try:
+    with _StopRequest() as stop:
+      epoch = start // steps_per_epoch
+      while int(start) < total_steps and not stop.signal_name:
+        for batch in loader.epoch(epoch, start_step=start % steps_per_epoch):
+          image_ids = batch["image_id"][batch["image_valid"]].tolist()
+          state, metrics = step_fn(state, parallel.shard_batch(batch, mesh))
+          start += 1
+          if pending is not None:
+            settle(pending)
+          pending = (start, image_ids, metrics, int(batch["image_valid"].sum()))
+          progress.update(1)
+          end_of_epoch = start % steps_per_epoch == 0
+          every = config.train.checkpoint_every_steps
+          if (
+              (every and start % every == 0)
+              or end_of_epoch
+              or start == total_steps
+              or (save_seconds and _clock() - last_save >= save_seconds)
+          ):
+            ckpt.save(start, state)
+            last_save = _clock()
+          if (
+              validate
+              and not stop.signal_name
+              and (
+                  start == total_steps
+                  or (
+                      end_of_epoch
+                      and (start // steps_per_epoch) % eval_every == 0
+                  )
+              )
+          ):
+            settle(pending)  # the step's training record before validation's
+            pending = None
+            run_validation(start)
+          if start >= total_steps or stop.signal_name:
+            break
+        epoch += 1
+      if pending is not None:
+        settle(pending)
+      if stop.signal_name:
+        ckpt.save(start, state, force=True)
+        logging.warning(
+            "%s received: saved step %d, rerun to resume",
+            stop.signal_name,
+            start,
+        )
+  finally:
+    ckpt.close()
+    writer.close()
+    progress.close()
   summary = {k: v for k, v in loader.stats.items() if v}
   if summary:
     print(f"Data issues during training: {summary}")
