@@ -75,7 +75,7 @@ class C5Trunk(torch.nn.Module):
     return x
 
 
-def _narrow(
+def narrow(
     resnet: torchvision.models.ResNet,
     width: int,
     norm_layer: Callable[[int], torch.nn.Module],
@@ -132,6 +132,7 @@ def check_mirrorable(config: ml_collections.ConfigDict) -> None:
   if (
       tuple(config.model.anchor_scales) != (1.0,)
       or config.model.head_convs != 1
+      or config.model.head_norm != "none"
       or t.assigner != "iou"
       or t.objectness_loss != "bce"
       or t.box_loss != "smooth_l1"
@@ -140,7 +141,7 @@ def check_mirrorable(config: ml_collections.ConfigDict) -> None:
   ):
     raise ValueError(
         "the torchvision reference has the seed's anchors and losses only: "
-        "model.anchor_scales=(1,), model.head_convs=1, "
+        "model.anchor_scales=(1,), model.head_convs=1, model.head_norm='none', "
         "targets.assigner='iou', targets.objectness_loss='bce', "
         "targets.box_loss='smooth_l1', sampled anchors, normalizer='samples'"
     )
@@ -166,7 +167,7 @@ def build(
       config.model.backbone, weights=None, norm_layer=norm_layer
   )
   if config.model.width != 64:
-    _narrow(resnet, config.model.width, norm_layer)
+    narrow(resnet, config.model.width, norm_layer)
   if frozen_bn:
     with torch.no_grad():
       for module in resnet.modules():

@@ -72,7 +72,8 @@ def packaged_config(name: str) -> str:
 
 def with_packaged_config_paths(argv: list[str]) -> list[str]:
   """`argv` with `--config NAME` (a packaged recipe's name, not a file) made
-  the recipe's path, so an installed copy runs `rpn-train --config default`."""
+  the recipe's path, so an installed copy runs `rpn-train --config default`;
+  `NAME:ARG` keeps its argument for the recipe's get_config(ARG)."""
   out = list(argv)
   for i, arg in enumerate(out):
     if arg.startswith("--config="):
@@ -81,14 +82,15 @@ def with_packaged_config_paths(argv: list[str]) -> list[str]:
       value, prefix, i = out[i + 1], "", i + 1
     else:
       continue
+    name, colon, recipe_arg = value.partition(":")
     if (
-        value
-        and os.sep not in value
-        and not value.endswith(".py")
+        name
+        and os.sep not in name
+        and not name.endswith(".py")
         and not os.path.exists(value)
-        and os.path.exists(packaged_config(value))
+        and os.path.exists(packaged_config(name))
     ):
-      out[i] = prefix + packaged_config(value)
+      out[i] = prefix + packaged_config(name) + colon + recipe_arg
   return out
 
 

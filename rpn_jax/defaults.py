@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   # 3x3 conv + ReLU layers before the 1x1 outputs, each initialised at std 0.01
   # (torchvision's head): more than one wants AdamW (under SGD they start too small).
   model.head_convs = 1
+  # "gn": GroupNorm between each of them and its ReLU (ATSS's and GFL's heads).
+  model.head_norm = "none"
   model.objectness_prior = (
       0.5  # initial objectness probability (0.5: zero bias)
   )
@@ -79,6 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   # top-left corner at the cell corner, w = size, h = size * ratio (no offset).
   model.anchor_placement = "centred"
   model.pretrained = ""  # npz written by `python -m rpn_jax.weights`
+  # Computation dtype (params stay float32): "float32", "bfloat16" or "auto",
+  # bfloat16 on a GPU or TPU and float32 on CPU (rpn_jax/setup_model.py).
   model.dtype = "float32"
 
   config.targets = targets = ml_collections.ConfigDict()

@@ -19,6 +19,22 @@ from rpn_jax.models import resnet as resnet_lib
 from rpn_jax.models import rpn as rpn_lib
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.dtype's values: a dtype, or "auto": bfloat16 on the backends whose
+# matrix units run it natively (GPU tensor cores, TPU MXU), else float32.
+DTYPES = ("auto", *_DTYPES)
+_BFLOAT16_BACKENDS = ("gpu", "tpu")
+
+
+def compute_dtype(name: str) -> Any:
+  """The computation dtype model.dtype names ("auto" resolved on this
+  process's default backend); params stay float32 whatever it is."""
+  if name == "auto":
+    name = (
+        "bfloat16" if jax.default_backend() in _BFLOAT16_BACKENDS else "float32"
+    )
+  if name not in _DTYPES:
+    raise ValueError(f"model.dtype={name!r} is not one of {DTYPES}")
+  return _DTYPES[name]
 
 
 def backbone_depth(name: str) -> int:
@@ -50,10 +66,8 @@ def uses_fpn(model_cfg: ml_collections.ConfigDict) -> bool:
 def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
   """The RPN module the config describes (backbone [+ FPN] + head)."""
   fpn = uses_fpn(model_cfg)
-  if model_cfg.dtype not in _DTYPES:
-    raise ValueError(
-        f"model.dtype={model_cfg.dtype!r} is not one of {sorted(_DTYPES)}"
-    )
+  dtype = compute_dtype(model_cfg.dtype)
+  rpn_lib.check_head_norm(model_cfg.head_norm)
   frozen = set(model_cfg.freeze)
   # Stop gradients at the end of a frozen prefix of the network, so XLA never
   # builds the gradient convolutions of layers that receive no update anyway.
@@ -70,9 +84,10 @@ def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
       num_anchors=anchors_per_cell(model_cfg),
       head_channels=model_cfg.head_channels,
       head_convs=model_cfg.head_convs,
+      head_norm=model_cfg.head_norm,
       objectness_prior=model_cfg.objectness_prior,
       **pyramid,
-      dtype=_DTYPES[model_cfg.dtype],
+      dtype=dtype,
   )
 
 

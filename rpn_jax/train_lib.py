@@ -88,6 +88,47 @@ def make_optimizer(
   )
 
 
+def _check_labelling(config: ml_collections.ConfigDict) -> None:
+  """targets.label_on known, and "proposals" only with the IoU assigner."""
+  t = config.targets
+  if t.label_on not in targets_lib.LABEL_ON:
+    raise ValueError(
+        f"targets.label_on must be one of {targets_lib.LABEL_ON}, "
+        f"got {t.label_on!r}"
+    )
+  if t.label_on == "proposals" and t.assigner != "iou":
+    raise ValueError(
+        "targets.label_on='proposals' matches by IoU: it needs "
+        f"targets.assigner='iou', got {t.assigner!r}"
+    )
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The training settings that cannot work together, as one-line
+  ValueErrors naming a key, before any data or weights are read.
+
+  Checked: targets.label_on (and "proposals" only with targets.assigner
+  "iou"), targets.normalizer (and "samples" only with targets.num_samples >
+  0: there is no sample size to divide by otherwise), data.scale_jitter.
+  A focal or quality focal objectness with num_samples > 0 is allowed: the
+  loss is then summed over the sampled anchors only, well defined if not
+  what RetinaNet, ATSS or GFL do (they take every anchor, num_samples 0).
+  """
+  _check_labelling(config)
+  t = config.targets
+  if t.normalizer not in NORMALIZERS:
+    raise ValueError(
+        f"targets.normalizer must be one of {NORMALIZERS}, "
+        f"got {t.normalizer!r}"
+    )
+  if t.normalizer == "samples" and t.num_samples <= 0:
+    raise ValueError(
+        "targets.num_samples=0 (every anchor) needs "
+        "targets.normalizer='positives'"
+    )
+  loader_lib.check_scale_jitter(config.data.scale_jitter)
+
+
 def batch_targets(
     config: ml_collections.ConfigDict,
     anchors: jax.Array,
@@ -107,12 +148,8 @@ def batch_targets(
   Returns pos_mask / neg_mask [B, N] bool and target_deltas [B, N, 4]; images
   whose `image_valid` is False (padding, undecodable files) contribute nothing.
   """
+  _check_labelling(config)
   t = config.targets
-  if t.label_on not in targets_lib.LABEL_ON:
-    raise ValueError(
-        f"targets.label_on must be one of {targets_lib.LABEL_ON}, "
-        f"got {t.label_on!r}"
-    )
   keys = jax.random.split(key, batch["boxes"].shape[0])
   # The labelling settings both ways of labelling share.
   shared = dict(
@@ -125,11 +162,6 @@ def batch_targets(
       clamp=tuple(t.box_clamp),
   )
   if t.label_on == "proposals":
-    if t.assigner != "iou":
-      raise ValueError(
-          "targets.label_on='proposals' matches by IoU: it needs "
-          f"targets.assigner='iou', got {t.assigner!r}"
-      )
     if outputs is None:
       raise ValueError(
           "targets.label_on='proposals' needs the model outputs: "
@@ -193,17 +225,8 @@ def make_loss_fn(
   """
   anchors = jnp.asarray(anchors)
   mean, std = transforms.pixel_norm_stats(config.data)
-  if config.targets.normalizer not in NORMALIZERS:
-    raise ValueError(
-        f"targets.normalizer must be one of {NORMALIZERS}, "
-        f"got {config.targets.normalizer!r}"
-    )
+  check_config(config)
   by_positives = config.targets.normalizer == "positives"
-  if not by_positives and config.targets.num_samples <= 0:
-    raise ValueError(
-        "targets.num_samples=0 (every anchor) needs "
-        "targets.normalizer='positives'"
-    )
   normalizer = float(config.train.batch_size * config.targets.num_samples)
   train_bn = config.model.norm == "bn"
   box_coder = dict(
@@ -361,6 +384,7 @@ def train_and_evaluate(
   `workdir`; with train.eval_every_epochs, validation records too. Returns the
   final state.
   """
+  check_config(config)
   os.makedirs(workdir, exist_ok=True)
   checkpoint_lib.check_or_write_config(workdir, config)
   dataset = open_dataset(config.data, config.data.train_split)

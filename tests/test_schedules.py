@@ -11,6 +11,7 @@ from rpn_jax.configs import coco_folder
 from rpn_jax.configs import coco_person_r50_c5
 from rpn_jax.configs import coco_person_r50_c5_exact
 from rpn_jax.configs import coco_person_r50_fpn
+from rpn_jax.configs import coco_person_r50_fpn_atss
 from rpn_jax.configs import default
 
 # The embedded default's training set: 13,349 of its 15,000 drawn images hold a
@@ -84,6 +85,7 @@ def test_default_schedule_keeps_its_place_in_the_run(change):
         coco_person_r50_c5,
         coco_person_r50_c5_exact,
         coco_person_r50_fpn,
+        coco_person_r50_fpn_atss,
         coco_folder,
     ],
 )

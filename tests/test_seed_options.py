@@ -21,6 +21,7 @@ from rpn_jax import targets as targets_lib
 from rpn_jax import train_lib
 from rpn_jax.anchors import generate_anchors
 from rpn_jax.data import transforms
+from tests import tiny_config
 
 # ------------------------------------------------------- model.anchor_placement
 
@@ -433,24 +434,7 @@ def test_exact_recipe_sets_the_seed_details():
 
 
 def test_exact_recipe_tiny_trains_and_evaluates(tmp_path):
-  config = coco_person_r50_c5_exact.get_config()
-  config.data.source = "synthetic"
-  config.data.coco_dir = ""
-  config.data.train_split, config.data.val_split = "train", "val"
-  config.data.synthetic.num_train = 8
-  config.data.synthetic.num_val = 4
-  config.data.synthetic.min_size = 96
-  config.data.synthetic.max_size = 160
-  config.data.image_size = 128
-  config.data.max_boxes = 16
-  config.data.num_workers = 2
-  config.model.backbone = "resnet18"
-  config.model.width = 8
-  config.model.head_channels = 32
-  config.train.batch_size = 4
-  config.train.max_steps = 2
-  config.train.log_every_steps = 1
-  config.eval.batch_size = 4
+  config = tiny_config.tiny_coco_recipe(coco_person_r50_c5_exact.get_config())
   workdir = str(tmp_path / "run")
   train_lib.train_and_evaluate(config, workdir)
   out = str(tmp_path / "eval")

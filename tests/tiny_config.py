@@ -51,3 +51,27 @@ def get_config() -> ml_collections.ConfigDict:
   # 1x + 1.5x evaluation in tests/test_end_to_end.py cover the scales.
   config.eval.tta_scales = (1.0,)
   return config
+
+
+def tiny_coco_recipe(
+    config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
+  """A COCO recipe at a test's size, in place: 8 train / 4 val synthetic
+  images on a 128 px canvas, a ResNet-18 of width 8 (32-channel head, FPN 16),
+  batches of 4, two steps; everything else as the recipe sets it."""
+  d = config.data
+  d.source, d.coco_dir = "synthetic", ""
+  d.train_split, d.val_split = "train", "val"
+  d.synthetic.num_train, d.synthetic.num_val = 8, 4
+  d.synthetic.min_size, d.synthetic.max_size = 96, 160
+  d.image_size, d.max_boxes, d.num_workers = 128, 16, 2
+  m = config.model
+  m.backbone, m.width = "resnet18", 8
+  m.fpn_channels, m.head_channels = 16, 32
+  config.proposals.pre_nms_top_k = 300
+  config.proposals.post_nms_top_k = 50
+  config.train.batch_size = 4
+  config.train.max_steps = 2
+  config.train.log_every_steps = 1
+  config.eval.batch_size = 4
+  return config

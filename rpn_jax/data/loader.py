@@ -11,7 +11,7 @@ import concurrent.futures
 import itertools
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,18 @@ from rpn_jax.data import transforms
 from rpn_jax.data.dataset import CorruptImageError, Dataset
 
 Batch = dict[str, np.ndarray]
+
+
+def check_scale_jitter(scale_jitter: Sequence[float]) -> tuple[float, float]:
+  """data.scale_jitter as floats (lo, hi); a ValueError naming the key unless
+  0 < lo <= hi."""
+  values = tuple(float(x) for x in scale_jitter)
+  if len(values) != 2 or not 0 < values[0] <= values[1]:
+    raise ValueError(
+        f"data.scale_jitter must be (lo, hi) with 0 < lo <= hi, "
+        f"got {tuple(scale_jitter)}"
+    )
+  return values
 
 
 class BatchLoader:
@@ -73,12 +85,7 @@ class BatchLoader:
           f"batch_size ({batch_size}), image_size ({image_size}) "
           f"and max_boxes ({max_boxes}) must be positive"
       )
-    lo, hi = (float(x) for x in scale_jitter)
-    if not 0 < lo <= hi:
-      raise ValueError(
-          f"data.scale_jitter must be (lo, hi) with 0 < lo <= hi, "
-          f"got {tuple(scale_jitter)}"
-      )
+    lo, hi = check_scale_jitter(scale_jitter)
     if batch_size % process_count or not 0 <= process_index < process_count:
       raise ValueError(
           f"batch_size {batch_size} must split evenly over "

@@ -18,9 +18,18 @@ import jax.numpy as jnp
 
 from rpn_jax.models import fpn as fpn_lib
 from rpn_jax.models.layers import Conv
-from rpn_jax.models.resnet import ResNet
+from rpn_jax.models.resnet import ResNet, make_norm
 
 _FEATURE_STRIDES = {"C2": 4, "C3": 8, "C4": 16, "C5": 32}
+# What follows each 3x3 head conv before its ReLU: nothing (torchvision's
+# head) or GroupNorm (ATSS's and GFL's heads).
+HEAD_NORMS = ("none", "gn")
+
+
+def check_head_norm(norm: str) -> None:
+  """ValueError naming model.head_norm unless `norm` is one of HEAD_NORMS."""
+  if norm not in HEAD_NORMS:
+    raise ValueError(f"model.head_norm={norm!r} is not one of {HEAD_NORMS}")
 
 
 def feature_stride(feature: str) -> int:
@@ -48,7 +57,10 @@ class RPNHead(nn.Module):
   `num_convs` > 1 stacks more 3x3 conv + ReLU layers ("conv1", "conv2", ...)
   after the first ("conv"), shared by both outputs. The objectness bias starts
   at logit(`objectness_prior`): 0 for torchvision's 0.5; RetinaNet's 0.01 keeps
-  a loss over every anchor stable from the start.
+  a loss over every anchor stable from the start. `norm="gn"` puts a
+  GroupNorm ("gn", "gn1", ...; the most groups up to 32 that divide
+  `channels`) between each 3x3 conv and its ReLU, as ATSS's and GFL's heads
+  do; those convs then have no bias (the norm's own bias replaces it).
 
   `__call__(features [B, H, W, C])` returns
   {"objectness": [B, H*W*A] float32 logits, "deltas": [B, H*W*A, 4] float32 (dx, dy, dw, dh)}.
@@ -60,14 +72,21 @@ class RPNHead(nn.Module):
   objectness_prior: float = 0.5
   num_convs: int = 1
   dtype: Any = jnp.float32
+  norm: str = "none"
 
   @nn.compact
   def __call__(self, features: jnp.ndarray) -> dict[str, jnp.ndarray]:
-    def head_conv(out: int, kernel: int, name: str, bias: float = 0.0) -> Conv:
+    def head_conv(
+        out: int,
+        kernel: int,
+        name: str,
+        bias: float = 0.0,
+        use_bias: bool = True,
+    ) -> Conv:
       return Conv(
           out,
           kernel,
-          use_bias=True,
+          use_bias=use_bias,
           kernel_init=nn.initializers.normal(stddev=0.01),
           bias_init=nn.initializers.constant(bias),
           dtype=self.dtype,
@@ -83,9 +102,16 @@ class RPNHead(nn.Module):
       raise ValueError(
           f"model.head_convs must be at least 1, got {self.num_convs}"
       )
-    x = nn.relu(head_conv(self.channels, 3, "conv")(features))
-    for k in range(1, self.num_convs):
-      x = nn.relu(head_conv(self.channels, 3, f"conv{k}")(x))
+    check_head_norm(self.norm)
+    normed = self.norm == "gn"
+    x = features
+    for k in range(self.num_convs):
+      suffix = str(k) if k else ""
+      x = head_conv(self.channels, 3, f"conv{suffix}", use_bias=not normed)(x)
+      if normed:
+        # Per image and group: no batch statistics, train or eval alike.
+        x = make_norm("gn", self.channels, False, self.dtype, f"gn{suffix}")(x)
+      x = nn.relu(x)
     logits = head_conv(
         self.num_anchors, 1, "cls_logits", math.log(prior / (1.0 - prior))
     )(x)
@@ -108,6 +134,7 @@ class RPN(nn.Module):
     num_anchors: anchors per feature-map cell (A), on every level.
     head_channels: channels of the head's 3x3 convs.
     head_convs: how many 3x3 conv + ReLU layers the head stacks (`RPNHead`).
+    head_norm: "none" or "gn", GroupNorm after each of them (`RPNHead`).
     objectness_prior: initial objectness probability (`RPNHead`).
     fpn: build P2..P6 on C2..C5 (`FPN`) and run one shared head on each level.
     fpn_channels: channels of the pyramid levels.
@@ -127,6 +154,7 @@ class RPN(nn.Module):
   num_anchors: int = 15
   head_channels: int = 256
   head_convs: int = 1
+  head_norm: str = "none"
   objectness_prior: float = 0.5
   fpn: bool = False
   fpn_channels: int = 256
@@ -157,6 +185,7 @@ class RPN(nn.Module):
         self.objectness_prior,
         self.head_convs,
         self.dtype,
+        norm=self.head_norm,
         name="head",
     )
     if not self.fpn:
