@@ -143,6 +143,37 @@ def compile_count() -> int:
   return _compiles[0]
 
 
+def versus(
+    ours: Callable[[], Any],
+    reference: Callable[[], Any],
+    batch_size: int,
+    repeats: int,
+    warmup: int = 1,
+) -> dict[str, Any]:
+  """rpn_jax's call against torchvision's, alternating (`time_alternating`),
+  with no recompile allowed while timed: the columns every side-by-side
+  table shares (median seconds, images/s, speedup = torchvision's time /
+  rpn_jax's, background cores and the raw times)."""
+  compiles = compile_count()
+  times, background = time_alternating(
+      {"rpn_jax": ours, "torchvision": reference}, repeats, warmup
+  )
+  if compile_count() != compiles:
+    raise RuntimeError("rpn_jax's function recompiled between calls")
+  ours_s = summary(times["rpn_jax"])["median_s"]
+  theirs_s = summary(times["torchvision"])["median_s"]
+  return {
+      "rpn_jax_s": ours_s,
+      "torchvision_s": theirs_s,
+      "rpn_jax_img_s": batch_size / ours_s,
+      "torchvision_img_s": batch_size / theirs_s,
+      "speedup": theirs_s / ours_s,
+      "background_cores": background,
+      "rpn_jax_times_s": times["rpn_jax"],
+      "torchvision_times_s": times["torchvision"],
+  }
+
+
 def cpu_counters() -> tuple[float, float, float]:
   """(wall seconds, CPU seconds busy on the whole machine, CPU seconds of this process)."""
   with open("/proc/stat") as f:

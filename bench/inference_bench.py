@@ -55,28 +55,13 @@ def measure(
   out = ours()
   first_call_s = time.perf_counter() - start
   reference = torch_rpn.predictor(config, batch)
-  compiles = common.compile_count()
-  times, background = common.time_alternating(
-      {"rpn_jax": ours, "torchvision": reference}, repeats, warmup
-  )
-  if common.compile_count() != compiles:
-    raise RuntimeError("rpn_jax's predict function recompiled between calls")
-  ours_s = common.summary(times["rpn_jax"])["median_s"]
-  theirs_s = common.summary(times["torchvision"])["median_s"]
   return {
       "image_size": image_size,
       "batch": batch_size,
-      "rpn_jax_s": ours_s,
-      "torchvision_s": theirs_s,
-      "rpn_jax_img_s": batch_size / ours_s,
-      "torchvision_img_s": batch_size / theirs_s,
-      "speedup": theirs_s / ours_s,
-      "background_cores": background,
+      **common.versus(ours, reference, batch_size, repeats, warmup),
       "rpn_jax_first_call_s": first_call_s,
       "rpn_jax_proposals": int(out["valid"].sum()),
       "torchvision_proposals": int(sum(len(b) for b in reference())),
-      "rpn_jax_times_s": times["rpn_jax"],
-      "torchvision_times_s": times["torchvision"],
   }
 
 

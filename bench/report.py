@@ -3,7 +3,7 @@
   python -m bench.report [--results bench/results/<machine>.json] [--write BENCHMARKS.md]
 
 For each section of the results file: its machine, versions, date, settings
-and table; then issue 5's targets (speedup = torchvision's time / rpn_jax's,
+and table; then the targets of issues 5 and 23 (speedup = torchvision's time / rpn_jax's,
 same run) and whether each is met. With --write the text replaces what lies
 between the two marker lines of that markdown file, and the prose around the
 tables stays as written.
@@ -23,6 +23,7 @@ from bench import (
     inference_bench,
     input_bench,
     nms_bench,
+    scratch_step_bench,
     train_step_bench,
 )
 
@@ -31,12 +32,13 @@ END = "<!-- end of tables -->"
 COLUMNS = {
     "nms": nms_bench.COLUMNS,
     "train_step": train_step_bench.COLUMNS,
+    "scratch_step": scratch_step_bench.COLUMNS,
     "inference": inference_bench.COLUMNS,
     "eval": eval_bench.COLUMNS,
     "gpu": gpu.COLUMNS,
     "input": input_bench.COLUMNS,
 }
-# Issue 5's targets on the CPU: section -> (least speedup, the row's name or
+# The targets on the CPU (issue 5; scratch_step issue 23): section -> (least speedup, the row's name or
 # None where the row is not a target).
 TARGETS: dict[str, tuple[float, Callable[[dict[str, Any]], str | None]]] = {
     "nms": (
@@ -54,6 +56,12 @@ TARGETS: dict[str, tuple[float, Callable[[dict[str, Any]], str | None]]] = {
     "train_step": (
         1.0,
         lambda r: f"train step {r['image_size']} px, batch {r['batch']}",
+    ),
+    # Issue 23: the from-scratch step (train-mode BatchNorm, nothing frozen).
+    "scratch_step": (
+        1.0,
+        lambda r: f"from-scratch step {r['setting']}, {r['image_size']} px, "
+        f"batch {r['batch']}",
     ),
 }
 

@@ -1,12 +1,13 @@
 """Every CPU benchmark, one after the other, each in its own process.
 
-  python -m bench.run_all [--only nms,train_step,inference,eval,input]
+  python -m bench.run_all [--only nms,train_step,scratch_step,
+                          inference,eval,input]
                           [--report_only] [--write BENCHMARKS.md]
 
 Each benchmark adds its section to bench/results/<machine>.json (a fresh
 process per benchmark keeps one's memory and compiled programs from slowing
 the next). At the end bench.report prints the tables of the sections run
-(of all: with issue 5's targets), or with --write puts every table of the
+(of all: with the speedup targets), or with --write puts every table of the
 file into that markdown file.
 """
 
@@ -23,12 +24,14 @@ from bench import (
     input_bench,
     nms_bench,
     report,
+    scratch_step_bench,
     train_step_bench,
 )
 
 BENCHMARKS = {
     "nms": nms_bench,
     "train_step": train_step_bench,
+    "scratch_step": scratch_step_bench,
     "inference": inference_bench,
     "eval": eval_bench,
     "input": input_bench,

@@ -11,7 +11,17 @@ import torch
 
 import pytest
 
-from bench import common, gpu, inputs, nms_bench, report, run_all, torch_rpn
+from bench import (
+    common,
+    gpu,
+    inputs,
+    nms_bench,
+    report,
+    run_all,
+    scratch_step_bench,
+    torch_fpn_rpn,
+    torch_rpn,
+)
 from bench.jax_rpn import r50_c5_config
 
 torch.set_num_threads(2)
@@ -140,6 +150,7 @@ def test_run_all_report_only_writes_markdown(tmp_path, monkeypatch, capsys):
     [
         ("model.anchor_scales", (1.0, 2.0)),
         ("model.head_convs", 2),
+        ("model.head_norm", "gn"),
         ("targets.assigner", "atss"),
         ("targets.objectness_loss", "focal"),
         ("targets.box_loss", "giou"),
@@ -153,3 +164,35 @@ def test_torch_reference_refuses_what_it_cannot_mirror(key, value):
   config[section][name] = value
   with pytest.raises(ValueError, match="the seed's anchors and losses only"):
     torch_rpn.build(config)
+
+
+@pytest.mark.parametrize("setting", scratch_step_bench.SETTINGS)
+def test_scratch_step_bench_tiny(setting):
+  full = (
+      scratch_step_bench.r18_c5_config()
+      if setting == "r18_c5"
+      else scratch_step_bench.default_config()
+  )
+  # The benchmark's own settings: from scratch, nothing frozen.
+  assert (full.model.norm, tuple(full.model.freeze)) == ("bn", ())
+  config = full.copy_and_resolve_references()
+  config.data.image_size = 64
+  config.train.batch_size = 2
+  row = scratch_step_bench.measure(setting, repeats=1, config=config)
+  assert set(scratch_step_bench.COLUMNS) <= set(row)
+  assert (row["image_size"], row["batch"]) == (64, 2)
+  assert np.isfinite(row["rpn_jax_loss"]) and row["speedup"] > 0
+  assert report.TARGETS["scratch_step"][1](row).startswith("from-scratch")
+
+
+def test_torch_fpn_reference_refuses_what_it_cannot_mirror():
+  config = scratch_step_bench.default_config()
+  config.data.image_size = 64
+  torch_fpn_rpn.build(config)
+  config.model.freeze = ("backbone/conv1",)
+  with pytest.raises(ValueError, match="nothing frozen"):
+    torch_fpn_rpn.build(config)
+  config = scratch_step_bench.default_config()
+  config.model.head_channels = 64
+  with pytest.raises(ValueError, match="head_channels == model.fpn_channels"):
+    torch_fpn_rpn.build(config)
