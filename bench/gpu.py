@@ -1,7 +1,12 @@
-"""Accelerator benchmark: R50-C5 train-step and proposal throughput, float32 vs bfloat16.
+"""Accelerator benchmark: R50 train-step and proposal throughput, float32 vs bfloat16.
 
   python -m bench.gpu [--peak_tflops T] [--out FILE]     (one GPU or TPU chip, < 5 min)
-  python -m bench.gpu --tiny                            (CPU smoke run, seconds)
+  python -m bench.gpu --recipe atss --batch 16          (the ATSS recipe's step)
+  python -m bench.gpu --tiny [--recipe atss]            (CPU smoke run, seconds)
+
+`--recipe seed` (default): the seed's R50-C5 (bench.jax_rpn.r50_c5_config);
+`--recipe atss`: configs/coco_person_r50_fpn_atss.py's R50-FPN with its
+GroupNorm head and dense losses (bench.jax_rpn.atss_config).
 
 For each of float32 and bfloat16 (config model.dtype; params stay float32):
 the jitted train step at 1024 px, batch 8 (images/s, model FLOPs per step from
@@ -132,13 +137,14 @@ def run(
     backbone: str = "resnet50",
     width: int = 64,
     compile_options=None,
+    recipe: str = "seed",
 ) -> list[dict[str, Any]]:
   """One row per dtype, from the same weights and batch; bfloat16's row also has
   its first-step loss errors relative to float32."""
   rows = []
   variables = None
   for dtype in ("float32", "bfloat16"):
-    config = jax_rpn.r50_c5_config(
+    config = jax_rpn.RECIPES[recipe](
         image_size, batch_size, dtype, backbone, width
     )
     variables = variables or jax_rpn.variables(config)
@@ -161,6 +167,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--recipe", default="seed", choices=list(jax_rpn.RECIPES))
   parser.add_argument("--size", type=int, default=1024)
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument(
@@ -196,9 +203,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         backbone="resnet18",
         width=8,
         compile_options={"xla_backend_optimization_level": 0},
+        recipe=args.recipe,
     )
   else:
-    rows = run(args.size, args.batch, args.steps, peak)
+    rows = run(args.size, args.batch, args.steps, peak, recipe=args.recipe)
   settings = {
       "device": device.device_kind,
       "device_count": jax.device_count(),
@@ -206,7 +214,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
       "image_size": 64 if args.tiny else args.size,
       "batch": 2 if args.tiny else args.batch,
       "tiny": args.tiny,
-      "model": "R50-C5, frozen BN, stem+layer1 frozen, 15 anchors",
+      "recipe": args.recipe,
+      "model": {
+          "seed": "R50-C5, frozen BN, stem+layer1 frozen, 15 anchors",
+          "atss": "R50-FPN, frozen BN, stem+layer1 frozen, ATSS, quality "
+          "focal + GIoU over every anchor, 4 GroupNorm head convs",
+      }[args.recipe],
       "flops": "XLA cost analysis of the compiled train step (forward, backward, SGD)",
   }
   print(common.markdown_table(rows, COLUMNS))

@@ -16,9 +16,27 @@ import ml_collections
 import numpy as np
 
 from configs import coco_person_r50_c5
+from configs import coco_person_r50_fpn_atss
 from rpn_jax import eval_lib, setup_model, train_lib
 
 Batch = dict[str, np.ndarray]
+
+
+def _sized(
+    config: ml_collections.ConfigDict,
+    image_size: int,
+    batch_size: int,
+    dtype: str,
+    backbone: str,
+    width: int,
+) -> ml_collections.ConfigDict:
+  config.model.dtype = dtype
+  config.model.backbone = backbone
+  config.model.width = width
+  config.data.image_size = image_size
+  config.train.batch_size = batch_size
+  config.eval.batch_size = batch_size
+  return config
 
 
 def r50_c5_config(
@@ -35,13 +53,30 @@ def r50_c5_config(
   """
   config = coco_person_r50_c5.get_config()
   config.model.norm = "frozen_bn"
-  config.model.dtype = dtype
-  config.model.backbone = backbone
-  config.model.width = width
-  config.data.image_size = image_size
-  config.train.batch_size = batch_size
-  config.eval.batch_size = batch_size
-  return config
+  return _sized(config, image_size, batch_size, dtype, backbone, width)
+
+
+def atss_config(
+    image_size: int,
+    batch_size: int,
+    dtype: str = "float32",
+    backbone: str = "resnet50",
+    width: int = 64,
+) -> ml_collections.ConfigDict:
+  """configs/coco_person_r50_fpn_atss (frozen BN, P2-P6, ATSS, quality focal
+  loss, GIoU, four GroupNorm head convs) at one canvas, batch and dtype. The
+  backbone and width are only changed for smoke tests."""
+  return _sized(
+      coco_person_r50_fpn_atss.get_config(),
+      image_size,
+      batch_size,
+      dtype,
+      backbone,
+      width,
+  )
+
+
+RECIPES = {"seed": r50_c5_config, "atss": atss_config}
 
 
 def pretrained_like(variables: dict[str, Any], seed: int = 0) -> dict[str, Any]:

@@ -5,6 +5,7 @@ check (equal NMS results, no recompiles, finite losses) and the JSON they write.
 """
 
 import json
+import os
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from bench import (
     gpu,
     inputs,
     nms_bench,
+    profile_step,
     report,
     run_all,
     scratch_step_bench,
@@ -27,9 +29,10 @@ from bench.jax_rpn import r50_c5_config
 torch.set_num_threads(2)
 
 
-def test_gpu_script_tiny(tmp_path):
+@pytest.mark.parametrize("recipe", ["seed", "atss"])
+def test_gpu_script_tiny(tmp_path, recipe):
   out = tmp_path / "gpu.json"
-  rows = gpu.main(["--tiny", "--out", str(out)])
+  rows = gpu.main(["--tiny", "--recipe", recipe, "--out", str(out)])
   assert [r["dtype"] for r in rows] == ["float32", "bfloat16"]
   for row in rows:
     assert row["step_tflops"] > 0
@@ -39,6 +42,7 @@ def test_gpu_script_tiny(tmp_path):
   assert max(rows[1]["relative_loss_error"].values()) < 0.05
   saved = json.loads(out.read_text())
   assert saved["sections"]["gpu"]["settings"]["tiny"] is True
+  assert saved["sections"]["gpu"]["settings"]["recipe"] == recipe
   assert saved["environment"]["jax"]
 
 
@@ -196,3 +200,18 @@ def test_torch_fpn_reference_refuses_what_it_cannot_mirror():
   config.model.head_channels = 64
   with pytest.raises(ValueError, match="head_channels == model.fpn_channels"):
     torch_fpn_rpn.build(config)
+
+
+def test_profile_step_names_the_model_code_of_each_operation():
+  config = scratch_step_bench.default_config()
+  config.data.image_size = 64
+  config.train.batch_size = 2
+  rows, trace_dir = profile_step.profile("default", 1, config=config)
+  assert rows and all(ms >= 0 for _, ms, _ in rows)
+  times = [ms for _, ms, _ in rows]
+  assert times == sorted(times, reverse=True)
+  named = [op_name for _, _, op_name in rows]
+  # The convolutions' forward and gradient ops are traced back to the model.
+  assert any("jvp(RPN)/backbone/conv1" in n for n in named)
+  assert any("transpose(jvp(RPN))/head" in n for n in named)
+  assert os.path.isdir(trace_dir)
