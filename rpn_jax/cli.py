@@ -2,6 +2,8 @@
 config flags."""
 
 import contextlib
+import importlib.util
+import inspect
 import logging
 import os
 import re
@@ -92,6 +94,29 @@ def with_packaged_config_paths(argv: list[str]) -> list[str]:
     ):
       out[i] = prefix + packaged_config(name) + colon + recipe_arg
   return out
+
+
+def check_recipe_argument(argv: list[str]) -> None:
+  """A one-line error (exit status 2) when `--config FILE.py:ARG` names an
+  argument FILE's get_config refuses, before absl would print the recipe's
+  traceback inside its flag error."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      value = arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    path, colon, recipe_arg = value.rpartition(":")
+    if not colon or not path.endswith(".py") or not os.path.isfile(path):
+      continue
+    spec = importlib.util.spec_from_file_location("_recipe", path)
+    module = importlib.util.module_from_spec(spec)
+    with one_line_errors():
+      spec.loader.exec_module(module)
+      if not inspect.signature(module.get_config).parameters:
+        raise ValueError(f"{path} takes no argument, got {recipe_arg!r}")
+      module.get_config(recipe_arg)
 
 
 def saved_config(argv: list[str]) -> ml_collections.ConfigDict:

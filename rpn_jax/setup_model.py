@@ -63,11 +63,19 @@ def uses_fpn(model_cfg: ml_collections.ConfigDict) -> bool:
   return True
 
 
+def check_model_config(model_cfg: ml_collections.ConfigDict) -> None:
+  """A ValueError naming model.dtype or model.head_norm unless each is one of
+  its values (DTYPES, rpn.HEAD_NORMS); nothing is built."""
+  if model_cfg.dtype not in DTYPES:
+    raise ValueError(f"model.dtype={model_cfg.dtype!r} is not one of {DTYPES}")
+  rpn_lib.check_head_norm(model_cfg.head_norm)
+
+
 def build_model(model_cfg: ml_collections.ConfigDict) -> rpn_lib.RPN:
   """The RPN module the config describes (backbone [+ FPN] + head)."""
+  check_model_config(model_cfg)
   fpn = uses_fpn(model_cfg)
   dtype = compute_dtype(model_cfg.dtype)
-  rpn_lib.check_head_norm(model_cfg.head_norm)
   frozen = set(model_cfg.freeze)
   # Stop gradients at the end of a frozen prefix of the network, so XLA never
   # builds the gradient convolutions of layers that receive no update anyway.

@@ -107,13 +107,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   """The training settings that cannot work together, as one-line
   ValueErrors naming a key, before any data or weights are read.
 
-  Checked: targets.label_on (and "proposals" only with targets.assigner
-  "iou"), targets.normalizer (and "samples" only with targets.num_samples >
-  0: there is no sample size to divide by otherwise), data.scale_jitter.
+  Checked: model.dtype and model.head_norm, targets.label_on (and
+  "proposals" only with targets.assigner "iou"), targets.normalizer (and
+  "samples" only with targets.num_samples > 0: there is no sample size to
+  divide by otherwise), data.scale_jitter.
   A focal or quality focal objectness with num_samples > 0 is allowed: the
   loss is then summed over the sampled anchors only, well defined if not
   what RetinaNet, ATSS or GFL do (they take every anchor, num_samples 0).
   """
+  setup_model.check_model_config(config.model)
   _check_labelling(config)
   t = config.targets
   if t.normalizer not in NORMALIZERS:

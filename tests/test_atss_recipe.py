@@ -25,6 +25,7 @@ from rpn_jax import setup_model
 from rpn_jax import train_lib
 from rpn_jax import tta
 from rpn_jax.configs import coco_person_r50_fpn_atss as recipe
+from rpn_jax.configs import default as default_recipe
 from rpn_jax.models.rpn import RPNHead, init_module
 from tests import tiny_config
 
@@ -283,6 +284,11 @@ def test_inconsistent_training_settings_name_the_key(tmp_path):
   with pytest.raises(ValueError, match="data.scale_jitter"):
     train_lib.train_and_evaluate(config, workdir)
   assert not os.path.exists(workdir)
+  for key, value in (("head_norm", "bn"), ("dtype", "float16")):
+    config = recipe.get_config()
+    config.model[key] = value
+    with pytest.raises(ValueError, match=f"model.{key}={value!r}"):
+      train_lib.check_config(config)
   # A focal objectness on sampled anchors is well defined: allowed.
   config = recipe.get_config()
   config.targets.objectness_loss = "focal"
@@ -327,3 +333,25 @@ def test_tiny_recipe_trains_evaluates_and_exports(tmp_path, capsys):
   found = detector(image)
   assert found["boxes"].shape[1:] == (4,)
   assert len(found["scores"]) <= config.eval.max_detections
+
+
+def test_a_refused_recipe_argument_is_one_line(capsys):
+  for argv, message in (
+      (
+          ["train.py", f"--config={RECIPE_FILE}:flip"],
+          "coco_person_r50_fpn_atss takes no argument or 'tta', got 'flip'",
+      ),
+      (
+          ["train.py", "--config", f"{default_recipe.__file__}:x"],
+          "takes no argument, got 'x'",
+      ),
+  ):
+    with pytest.raises(SystemExit) as exit_info:
+      cli.check_recipe_argument(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+  # Accepted arguments and files without one pass.
+  cli.check_recipe_argument(["train.py", f"--config={RECIPE_FILE}:tta"])
+  cli.check_recipe_argument(["train.py", f"--config={RECIPE_FILE}"])

@@ -56,4 +56,5 @@ def main(argv):
 
 def run() -> None:
   sys.argv = cli.with_packaged_config_paths(sys.argv)
+  cli.check_recipe_argument(sys.argv)
   app.run(main)
