@@ -25,8 +25,7 @@ import tempfile
 import jax
 import ml_collections
 
-from bench import inputs, jax_rpn, scratch_step_bench
-from rpn_jax import setup_model
+from bench import inputs, scratch_step_bench
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = ")
 _OP_NAME = re.compile(r'op_name="([^"]+)"')
@@ -42,8 +41,7 @@ def op_names(hlo_text: str) -> dict[str, str]:
   "...(RPN)...", before the optimizer's)."""
   names, calls, first_in, used_by = {}, {}, {}, {}
   computation = None
-  lines = hlo_text.splitlines()
-  for line in lines:
+  for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
     if header:
       computation = header.group(1)
@@ -90,22 +88,19 @@ def profile(
   """([(XLA op, thread-ms per step, model op_name)], trace dir), largest
   first. `config` replaces the setting's own (smaller sizes for tests)."""
   if config is None:
-    config = (
-        scratch_step_bench.r18_c5_config()
-        if setting == "r18_c5"
-        else scratch_step_bench.default_config()
-    )
-  batch = inputs.train_batch(
-      config.train.batch_size, config.data.image_size, config.data.max_boxes
+    config = scratch_step_bench.setting_config(setting)
+  runner = scratch_step_bench.jax_runner(
+      config,
+      inputs.train_batch(
+          config.train.batch_size,
+          config.data.image_size,
+          config.data.max_boxes,
+      ),
   )
-  variables = setup_model.init_variables(
-      config, setup_model.build_model(config.model), jax.random.key(0)
-  )
-  step, state = jax_rpn.train_step(config, variables)
-  runner = jax_rpn.StepRunner(step, state, batch)
   runner()
   runner()
-  names = op_names(step.lower(runner.state, runner.batch).compile().as_text())
+  compiled = runner.step.lower(runner.state, runner.batch).compile()
+  names = op_names(compiled.as_text())
   trace_dir = tempfile.mkdtemp(prefix="rpn_jax_profile_")
   with jax.profiler.trace(trace_dir):
     for _ in range(steps):

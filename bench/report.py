@@ -3,8 +3,8 @@
   python -m bench.report [--results bench/results/<machine>.json] [--write BENCHMARKS.md]
 
 For each section of the results file: its machine, versions, date, settings
-and table; then the targets of issues 5 and 23 (speedup = torchvision's time / rpn_jax's,
-same run) and whether each is met. With --write the text replaces what lies
+and table; then the targets of issues 5 and 23 (speedup = torchvision's time
+/ rpn_jax's, same run) and whether each is met. With --write the text replaces what lies
 between the two marker lines of that markdown file, and the prose around the
 tables stays as written.
 """
@@ -38,8 +38,8 @@ COLUMNS = {
     "gpu": gpu.COLUMNS,
     "input": input_bench.COLUMNS,
 }
-# The targets on the CPU (issue 5; scratch_step issue 23): section -> (least speedup, the row's name or
-# None where the row is not a target).
+# The targets on the CPU (issue 5; scratch_step: issue 23): section -> (least
+# speedup, the row's name or None where the row is not a target).
 TARGETS: dict[str, tuple[float, Callable[[dict[str, Any]], str | None]]] = {
     "nms": (
         10.0,

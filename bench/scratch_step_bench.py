@@ -60,6 +60,23 @@ def default_config() -> ml_collections.ConfigDict:
   return default.get_config()
 
 
+def setting_config(setting: str) -> ml_collections.ConfigDict:
+  """The config a setting of SETTINGS measures."""
+  return r18_c5_config() if setting == "r18_c5" else default_config()
+
+
+def jax_runner(
+    config: ml_collections.ConfigDict, batch: dict[str, Any]
+) -> jax_rpn.StepRunner:
+  """rpn_jax's jitted step from freshly initialised variables (train-mode
+  BatchNorm statistics included) on `batch`, not yet called."""
+  variables = setup_model.init_variables(
+      config, setup_model.build_model(config.model), jax.random.key(0)
+  )
+  step, state = jax_rpn.train_step(config, variables)
+  return jax_rpn.StepRunner(step, state, batch)
+
+
 def _torch_step(
     setting: str, config: ml_collections.ConfigDict, batch: Any
 ) -> Callable[[], Any]:
@@ -79,14 +96,10 @@ def measure(
   `config` replaces the setting's own (smaller sizes for smoke tests).
   """
   if config is None:
-    config = r18_c5_config() if setting == "r18_c5" else default_config()
+    config = setting_config(setting)
   size, batch_size = config.data.image_size, config.train.batch_size
   batch = inputs.train_batch(batch_size, size, config.data.max_boxes)
-  variables = setup_model.init_variables(
-      config, setup_model.build_model(config.model), jax.random.key(0)
-  )
-  step, state = jax_rpn.train_step(config, variables)
-  ours = jax_rpn.StepRunner(step, state, batch)
+  ours = jax_runner(config, batch)
   start = time.perf_counter()
   ours()
   first_call_s = time.perf_counter() - start

@@ -9,9 +9,8 @@ A config file with one argument, the recipe:
 
 and the same with `seed_fpn` (configs/coco_person_r50_fpn.py: the seed on a
 pyramid), `atss` (configs/coco_person_r50_fpn_atss.py) or `atss_plain_head`
-(the same without GroupNorm in the head). Results and
-what they mean: docs/experiments.md, "The ATSS recipe against the seed's at
-small scale".
+(the same without GroupNorm in the head). Results and what they mean:
+docs/experiments.md, "The ATSS recipe against the seed's at small scale".
 
 What is shrunk, the same way for every recipe (`SHRUNK`): the data (the
 embedded default's synthetic set, 192 px canvas; COCO and 1024 px cannot run
@@ -29,11 +28,13 @@ the comparison.
 What each recipe keeps of its own: its features (the seed's C5 map, the
 pyramid P2-P6 of the others), anchors (in pixels on the same strides as at
 full scale), head (the seed's one 3x3 conv, at C5's width on C5, at the
-pyramid's on it; the ATSS recipe's four 3x3 convs with or without GroupNorm), assignment, losses and
-normaliser, objectness prior, box clamp, multi-scale jitter and proposal
-and test settings (evaluate.py sweeps both recipes' score and NMS
+pyramid's on it; the ATSS recipe's four 3x3 convs with or without
+GroupNorm), assignment, losses and normaliser, objectness prior, box clamp,
+multi-scale jitter and proposal and test settings (evaluate.py sweeps both recipes' score and NMS
 thresholds in one pass).
 """
+
+from typing import Any
 
 import ml_collections
 
@@ -83,14 +84,19 @@ SHRUNK = (
 )
 
 
+def value(config: ml_collections.ConfigDict, key: str) -> Any:
+  """`config`'s value at "section.key" (or a top-level "key"); a section
+  as a new ConfigDict, so that a copy shares nothing with `config`."""
+  section, _, name = key.rpartition(".")
+  found = (config[section] if section else config)[name]
+  if isinstance(found, ml_collections.ConfigDict):
+    return ml_collections.ConfigDict(found.to_dict())
+  return found
+
+
 def _take(config: ml_collections.ConfigDict, source, key: str) -> None:
   section, _, name = key.rpartition(".")
-  into = config[section] if section else config
-  value = (source[section] if section else source)[name]
-  if isinstance(value, ml_collections.ConfigDict):
-    into[name] = ml_collections.ConfigDict(value.to_dict())
-  else:
-    into[name] = value
+  (config[section] if section else config)[name] = value(source, key)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -146,23 +146,17 @@ def train_step(
   trunk, rpn = build(config)
   trunk.train()
   rpn.train()
-  params = list(trunk.parameters()) + list(rpn.parameters())
   optimizer = torch.optim.AdamW(
-      params,
+      list(trunk.parameters()) + list(rpn.parameters()),
       lr=config.train.learning_rate,
       weight_decay=config.train.weight_decay,
   )
   images = torch_rpn.images_nchw(config, batch)
   sizes = torch_rpn.image_sizes(batch)
   targets = torch_rpn.gt_targets(batch)
-
-  def step() -> dict[str, float]:
-    losses = dense_losses(
-        trunk, rpn, images, sizes, targets, config.targets.box_loss_weight
-    )
-    optimizer.zero_grad(set_to_none=True)
-    (losses["objectness"] + losses["box"]).backward()
-    optimizer.step()
-    return {k: v.item() for k, v in losses.items()}
-
-  return step
+  return torch_rpn.optimizer_step(
+      optimizer,
+      lambda: dense_losses(
+          trunk, rpn, images, sizes, targets, config.targets.box_loss_weight
+      ),
+  )

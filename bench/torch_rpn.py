@@ -353,17 +353,28 @@ def train_step(
   trunk, rpn = build(config)
   trunk.train()
   rpn.train()
-  optimizer = sgd(config, trunk, rpn)
   images = images_nchw(config, batch)
   sizes = image_sizes(batch)
   targets = gt_targets(batch)
+  return optimizer_step(
+      sgd(config, trunk, rpn),
+      lambda: rpn_losses(trunk, rpn, images, sizes, targets),
+  )
+
+
+def optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    losses: Callable[[], dict[str, torch.Tensor]],
+) -> Callable[[], dict[str, float]]:
+  """A closure for one step: `losses()` ({"objectness", "box"}), the
+  backward pass of their sum and `optimizer`'s update; returns the losses."""
 
   def step() -> dict[str, float]:
-    losses = rpn_losses(trunk, rpn, images, sizes, targets)
+    values = losses()
     optimizer.zero_grad(set_to_none=True)
-    (losses["objectness"] + losses["box"]).backward()
+    (values["objectness"] + values["box"]).backward()
     optimizer.step()
-    return {k: v.item() for k, v in losses.items()}
+    return {k: v.item() for k, v in values.items()}
 
   return step
 

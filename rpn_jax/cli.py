@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from typing import Any
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import ml_collections
 from absl import logging as absl_logging
@@ -72,18 +72,22 @@ def packaged_config(name: str) -> str:
   return os.path.join(os.path.dirname(configs.__file__), f"{name}.py")
 
 
+def _config_values(argv: list[str]) -> Iterator[tuple[int, str, str]]:
+  """(index in argv, prefix of that argument, value) of each `--config=V` or
+  `--config V`."""
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      yield i, "--config=", arg.split("=", 1)[1]
+    elif arg == "--config" and i + 1 < len(argv):
+      yield i + 1, "", argv[i + 1]
+
+
 def with_packaged_config_paths(argv: list[str]) -> list[str]:
   """`argv` with `--config NAME` (a packaged recipe's name, not a file) made
   the recipe's path, so an installed copy runs `rpn-train --config default`;
   `NAME:ARG` keeps its argument for the recipe's get_config(ARG)."""
   out = list(argv)
-  for i, arg in enumerate(out):
-    if arg.startswith("--config="):
-      value, prefix = arg.split("=", 1)[1], "--config="
-    elif arg == "--config" and i + 1 < len(out):
-      value, prefix, i = out[i + 1], "", i + 1
-    else:
-      continue
+  for i, prefix, value in _config_values(argv):
     name, colon, recipe_arg = value.partition(":")
     if (
         name
@@ -100,13 +104,7 @@ def check_recipe_argument(argv: list[str]) -> None:
   """A one-line error (exit status 2) when `--config FILE.py:ARG` names an
   argument FILE's get_config refuses, before absl would print the recipe's
   traceback inside its flag error."""
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
-    else:
-      continue
+  for _, _, value in _config_values(argv):
     path, colon, recipe_arg = value.rpartition(":")
     if not colon or not path.endswith(".py") or not os.path.isfile(path):
       continue

@@ -25,15 +25,20 @@ DTYPES = ("auto", *_DTYPES)
 _BFLOAT16_BACKENDS = ("gpu", "tpu")
 
 
+def check_dtype(name: str) -> None:
+  """ValueError naming model.dtype unless `name` is one of DTYPES."""
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype={name!r} is not one of {DTYPES}")
+
+
 def compute_dtype(name: str) -> Any:
   """The computation dtype model.dtype names ("auto" resolved on this
   process's default backend); params stay float32 whatever it is."""
+  check_dtype(name)
   if name == "auto":
     name = (
         "bfloat16" if jax.default_backend() in _BFLOAT16_BACKENDS else "float32"
     )
-  if name not in _DTYPES:
-    raise ValueError(f"model.dtype={name!r} is not one of {DTYPES}")
   return _DTYPES[name]
 
 
@@ -66,8 +71,7 @@ def uses_fpn(model_cfg: ml_collections.ConfigDict) -> bool:
 def check_model_config(model_cfg: ml_collections.ConfigDict) -> None:
   """A ValueError naming model.dtype or model.head_norm unless each is one of
   its values (DTYPES, rpn.HEAD_NORMS); nothing is built."""
-  if model_cfg.dtype not in DTYPES:
-    raise ValueError(f"model.dtype={model_cfg.dtype!r} is not one of {DTYPES}")
+  check_dtype(model_cfg.dtype)
   rpn_lib.check_head_norm(model_cfg.head_norm)
 
 

@@ -103,6 +103,22 @@ def _check_labelling(config: ml_collections.ConfigDict) -> None:
     )
 
 
+def _check_targets(config: ml_collections.ConfigDict) -> None:
+  """The labelling settings, and a loss normaliser that exists."""
+  _check_labelling(config)
+  t = config.targets
+  if t.normalizer not in NORMALIZERS:
+    raise ValueError(
+        f"targets.normalizer must be one of {NORMALIZERS}, "
+        f"got {t.normalizer!r}"
+    )
+  if t.normalizer == "samples" and t.num_samples <= 0:
+    raise ValueError(
+        "targets.num_samples=0 (every anchor) needs "
+        "targets.normalizer='positives'"
+    )
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
   """The training settings that cannot work together, as one-line
   ValueErrors naming a key, before any data or weights are read.
@@ -116,18 +132,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   what RetinaNet, ATSS or GFL do (they take every anchor, num_samples 0).
   """
   setup_model.check_model_config(config.model)
-  _check_labelling(config)
-  t = config.targets
-  if t.normalizer not in NORMALIZERS:
-    raise ValueError(
-        f"targets.normalizer must be one of {NORMALIZERS}, "
-        f"got {t.normalizer!r}"
-    )
-  if t.normalizer == "samples" and t.num_samples <= 0:
-    raise ValueError(
-        "targets.num_samples=0 (every anchor) needs "
-        "targets.normalizer='positives'"
-    )
+  _check_targets(config)
   loader_lib.check_scale_jitter(config.data.scale_jitter)
 
 
@@ -227,7 +232,7 @@ def make_loss_fn(
   """
   anchors = jnp.asarray(anchors)
   mean, std = transforms.pixel_norm_stats(config.data)
-  check_config(config)
+  _check_targets(config)
   by_positives = config.targets.normalizer == "positives"
   normalizer = float(config.train.batch_size * config.targets.num_samples)
   train_bn = config.model.norm == "bn"

@@ -172,11 +172,7 @@ def test_torch_reference_refuses_what_it_cannot_mirror(key, value):
 
 @pytest.mark.parametrize("setting", scratch_step_bench.SETTINGS)
 def test_scratch_step_bench_tiny(setting):
-  full = (
-      scratch_step_bench.r18_c5_config()
-      if setting == "r18_c5"
-      else scratch_step_bench.default_config()
-  )
+  full = scratch_step_bench.setting_config(setting)
   # The benchmark's own settings: from scratch, nothing frozen.
   assert (full.model.norm, tuple(full.model.freeze)) == ("bn", ())
   config = full.copy_and_resolve_references()

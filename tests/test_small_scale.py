@@ -12,9 +12,8 @@ from rpn_jax.configs import default
 
 
 def _value(config, key):
-  section, _, name = key.rpartition(".")
-  value = (config[section] if section else config)[name]
-  return value.to_dict() if hasattr(value, "to_dict") else value
+  found = small_scale.value(config, key)
+  return found.to_dict() if hasattr(found, "to_dict") else found
 
 
 def test_every_recipe_takes_the_shrunk_keys_from_the_default():
