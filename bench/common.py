@@ -28,15 +28,10 @@ _listening = [False]
 
 
 def cpu_model() -> str:
-  """The CPU's model name from /proc/cpuinfo, else `platform.processor()`."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown cpu"
+  """The CPU's model name (the key rpn_jax keeps its timed choices under)."""
+  from rpn_jax.models import kernel_grads
+
+  return kernel_grads.processor_name()
 
 
 def machine_name() -> str:

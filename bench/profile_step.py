@@ -3,9 +3,12 @@
   python -m bench.profile_step [--setting r18_c5|default] [--steps 5] [--top 15]
 
 Traces `--steps` steps of a `bench.scratch_step_bench` setting with
-`jax.profiler` and sums the time of each XLA operation over every thread
-(thread-milliseconds per step: with two cores a step's wall time is at most
-that sum, at least half of it). Each row names the operation as XLA does
+`jax.profiler` and sums the time of each XLA operation's events over every
+thread (milliseconds per step). A library kernel (YNNPACK's convolutions)
+that hands part of its work to the other core records that part as thread
+pool regions, not as the operation's event, so a row is between the
+operation's wall time and its CPU time, and the total is no bound on the
+step's wall time. Each row names the operation as XLA does
 (its fusion or kernel) and, from the compiled program's metadata, the model
 code it comes from (the `op_name` of jax's lowering, e.g.
 "jvp(RPN)/backbone/layer1_0/conv1/..." or "transpose(jvp(...))" for a

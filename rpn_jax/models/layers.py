@@ -1,12 +1,13 @@
 """Convolution and pooling layers whose gradients are fast on XLA's CPU backend.
 
-XLA's CPU backend computes a wide convolution's kernel gradient and a max
-pool's gradient (select-and-scatter) slower than equivalent matmuls and
-elementwise maxima, and runs a matmul whose contraction is over pixels (every
-kernel gradient) only after transposing one operand in memory, which costs
-more the wider it is. These layers give the same values and gradients as
-`lax.conv_general_dilated` and `nn.max_pool` through the faster formulations
-(on CPU only, for the convolution's kernel gradient).
+XLA's CPU backend computes many convolutions' kernel gradients and a max
+pool's gradient (select-and-scatter) slower than equivalent formulations
+(per-tap matmuls, one convolution per image, elementwise maxima), and runs a
+matmul whose contraction is over pixels only after transposing one operand
+in memory, which costs more the wider it is. These layers give the same
+values and gradients as `lax.conv_general_dilated` and `nn.max_pool` through
+the faster formulations (on CPU only, for the convolution's kernel gradient:
+`rpn_jax.models.kernel_grads`).
 """
 
 from __future__ import annotations
@@ -20,126 +21,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from rpn_jax.models import kernel_grads
+
 # torchvision initialises convolutions with kaiming_normal_(mode="fan_out", relu).
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
-
-
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(
-    x: jnp.ndarray, kernel: jnp.ndarray, stride: int, padding: int
-) -> jnp.ndarray:
-  pad = ((padding, padding), (padding, padding))
-  return lax.conv_general_dilated(
-      x, kernel, (stride, stride), pad, dimension_numbers=_DIMENSIONS
-  )
-
-
-def _kernel_grad_xla(
-    x: jnp.ndarray,
-    kernel: jnp.ndarray,
-    g: jnp.ndarray,
-    stride: int,
-    padding: int,
-) -> jnp.ndarray:
-  return jax.vjp(lambda k: _conv(x, k, stride, padding), kernel)[1](g)[0]
-
-
-def _windows(
-    xp: jnp.ndarray,
-    out_hw: tuple[int, int],
-    kernel_hw: tuple[int, int],
-    stride: int,
-) -> list[jnp.ndarray]:
-  """The kh*kw strided windows [B, H', W', I] of a padded input that tap (i, j) multiplies."""
-  out_h, out_w = out_hw
-  return [
-      xp[
-          :,
-          i : i + stride * (out_h - 1) + 1 : stride,
-          j : j + stride * (out_w - 1) + 1 : stride,
-      ]
-      for i in range(kernel_hw[0])
-      for j in range(kernel_hw[1])
-  ]
-
-
-def _kernel_grad_matmuls(
-    x: jnp.ndarray,
-    kernel: jnp.ndarray,
-    g: jnp.ndarray,
-    stride: int,
-    padding: int,
-    gradient_first: bool,
-) -> jnp.ndarray:
-  """dL/dkernel [kh, kw, I, O] as kh*kw matmuls: window (i, j) of the padded input with g.
-
-  A matmul over pixels needs one operand transposed in memory, and XLA's CPU
-  transposes are slow. `gradient_first` picks which: g once for all taps
-  (then each window is only copied, and the small [O, I] results are
-  transposed), else every window.
-  """
-  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  windows = _windows(xp, g.shape[1:3], kernel.shape[:2], stride)
-  if gradient_first:
-    taps = [
-        jnp.einsum("bhwd,bhwc->dc", g, w, preferred_element_type=jnp.float32)
-        for w in windows
-    ]
-    grad = jnp.swapaxes(jnp.stack(taps), 1, 2)
-  else:
-    grad = jnp.stack(
-        [
-            jnp.einsum(
-                "bhwc,bhwd->cd", w, g, preferred_element_type=jnp.float32
-            )
-            for w in windows
-        ]
-    )
-  return grad.reshape(kernel.shape).astype(kernel.dtype)
-
-
-def kernel_grad_method(
-    pixels: int, in_channels: int, out_channels: int, taps: int
-) -> str:
-  """How `conv2d` computes its kernel gradient on CPU: "xla", "gradient_first" or "windows".
-
-  `pixels` = B * H' * W' of the output. Measured on ResNet layers (2 cores):
-  XLA's own kernel gradient wins for narrow layers (I * O <= 64 * 64); for
-  wider ones the per-tap matmuls win, transposing g once when the kh*kw
-  window transposes would move more data than g plus the kernel-sized result
-  (transposed bytes counted 3x a plain copy's).
-  """
-  if in_channels * out_channels <= 64 * 64:
-    return "xla"
-  windows_cost = 3 * taps * pixels * in_channels
-  gradient_cost = (
-      3 * pixels * out_channels
-      + taps * pixels * in_channels
-      + 3 * taps * in_channels * out_channels
-  )
-  return "gradient_first" if gradient_cost < windows_cost else "windows"
-
-
-def _kernel_grad_cpu(
-    x: jnp.ndarray,
-    kernel: jnp.ndarray,
-    g: jnp.ndarray,
-    stride: int,
-    padding: int,
-) -> jnp.ndarray:
-  method = kernel_grad_method(
-      g.shape[0] * g.shape[1] * g.shape[2],
-      kernel.shape[2],
-      kernel.shape[3],
-      kernel.shape[0] * kernel.shape[1],
-  )
-  if method == "xla":
-    return _kernel_grad_xla(x, kernel, g, stride, padding)
-  return _kernel_grad_matmuls(
-      x, kernel, g, stride, padding, method == "gradient_first"
-  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -149,27 +34,30 @@ def conv2d(
   """Convolution x [B, H, W, I] * kernel [kh, kw, I, O], symmetric zero padding -> [B, H', W', O].
 
   Same values and gradients as `lax.conv_general_dilated`; on CPU the kernel
-  gradient of wide layers is computed as kh*kw matmuls (`kernel_grad_method`),
-  which XLA's CPU backend runs 1.2-2x faster than its convolution kernel
-  gradient on ResNet-50's 3x3 layers at 512-1024 px.
+  gradient is computed in the formulation `kernel_grads.method_for` picks
+  for the shape (timed on this machine for large convolutions).
   """
-  return _conv(x, kernel, stride, padding)
+  return kernel_grads.conv(x, kernel, stride, padding)
 
 
 def _conv2d_fwd(x, kernel, stride, padding):
-  return _conv(x, kernel, stride, padding), (x, kernel)
+  return kernel_grads.conv(x, kernel, stride, padding), (x, kernel)
 
 
 def _conv2d_bwd(stride, padding, residuals, g):
   x, kernel = residuals
-  x_grad = jax.vjp(lambda x_: _conv(x_, kernel, stride, padding), x)[1](g)[0]
+  x_grad = jax.vjp(
+      lambda x_: kernel_grads.conv(x_, kernel, stride, padding), x
+  )[1](g)[0]
   kernel_grad = lax.platform_dependent(
       x,
       kernel,
       g,
-      cpu=functools.partial(_kernel_grad_cpu, stride=stride, padding=padding),
+      cpu=functools.partial(
+          kernel_grads.on_cpu, stride=stride, padding=padding
+      ),
       default=functools.partial(
-          _kernel_grad_xla, stride=stride, padding=padding
+          kernel_grads.kernel_grad, "xla", stride=stride, padding=padding
       ),
   )
   return x_grad, kernel_grad
