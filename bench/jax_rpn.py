@@ -7,6 +7,7 @@ the code a training or evaluation run executes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from bench import common
 from configs import coco_person_r50_c5
 from configs import coco_person_r50_fpn_atss
 from rpn_jax import eval_lib, setup_model, train_lib
@@ -160,3 +162,24 @@ class StepRunner:
   def __call__(self) -> None:
     self.state, self.metrics = self.step(self.state, self.batch)
     jax.block_until_ready(self.state)
+
+
+def step_versus(
+    ours: StepRunner,
+    make_reference: Callable[[], Callable[[], Any]],
+    batch_size: int,
+    repeats: int,
+    warmup: int,
+) -> dict[str, Any]:
+  """`common.versus` of a train step against torchvision's, plus rpn_jax's
+  first call (compiling included, before torchvision's side is built) and
+  its loss after the timed calls."""
+  start = time.perf_counter()
+  ours()
+  first_call_s = time.perf_counter() - start
+  reference = make_reference()
+  return {
+      **common.versus(ours, reference, batch_size, repeats, warmup),
+      "rpn_jax_first_call_s": first_call_s,
+      "rpn_jax_loss": float(ours.metrics["total"]),
+  }

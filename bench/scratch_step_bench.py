@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -99,18 +98,17 @@ def measure(
     config = setting_config(setting)
   size, batch_size = config.data.image_size, config.train.batch_size
   batch = inputs.train_batch(batch_size, size, config.data.max_boxes)
-  ours = jax_runner(config, batch)
-  start = time.perf_counter()
-  ours()
-  first_call_s = time.perf_counter() - start
-  reference = _torch_step(setting, config, batch)
   return {
       "setting": setting,
       "image_size": size,
       "batch": batch_size,
-      **common.versus(ours, reference, batch_size, repeats, warmup),
-      "rpn_jax_first_call_s": first_call_s,
-      "rpn_jax_loss": float(ours.metrics["total"]),
+      **jax_rpn.step_versus(
+          jax_runner(config, batch),
+          lambda: _torch_step(setting, config, batch),
+          batch_size,
+          repeats,
+          warmup,
+      ),
   }
 
 

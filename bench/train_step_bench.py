@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import time
 from typing import Any
 
 import torch
@@ -45,17 +44,16 @@ def measure(
   )
   batch = inputs.train_batch(batch_size, image_size, config.data.max_boxes)
   step, state = jax_rpn.train_step(config, jax_rpn.variables(config))
-  ours = jax_rpn.StepRunner(step, state, batch)
-  start = time.perf_counter()
-  ours()
-  first_call_s = time.perf_counter() - start
-  reference = torch_rpn.train_step(config, batch)
   return {
       "image_size": image_size,
       "batch": batch_size,
-      **common.versus(ours, reference, batch_size, repeats, warmup),
-      "rpn_jax_first_call_s": first_call_s,
-      "rpn_jax_loss": float(ours.metrics["total"]),
+      **jax_rpn.step_versus(
+          jax_rpn.StepRunner(step, state, batch),
+          lambda: torch_rpn.train_step(config, batch),
+          batch_size,
+          repeats,
+          warmup,
+      ),
   }
 
 
