@@ -210,8 +210,10 @@ def _time_methods(
   return {m: float(np.median(t)) for m, t in times.items()}
 
 
+@functools.cache
 def processor_name() -> str:
-  """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+  """The CPU's model name from /proc/cpuinfo, else what `platform` knows
+  (read once per process)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
